@@ -1,0 +1,1 @@
+"""In-memory data of an emulated portal: users and CRM."""

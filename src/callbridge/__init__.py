@@ -1,0 +1,3 @@
+"""callbridge: connects Asterisk PBXs to Bitrix24 CRM."""
+
+__version__ = "0.1.0"

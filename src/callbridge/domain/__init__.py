@@ -1,0 +1,1 @@
+"""The pure core: PBX-neutral call facts, the call state machine, and the ports it needs."""

@@ -1,0 +1,1 @@
+"""The Asterisk side: webhooks and AMI turned into domain events."""

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, repositories (flush, never commit), the durable job queue."""

@@ -23,6 +23,45 @@ from callbridge.storage import migrate
 from callbridge.storage.db import create_engine, create_unpooled_engine
 
 POSTGRES_URL_ENV = "CALLBRIDGE_TEST_POSTGRES_URL"
+# Set by CI: a PostgreSQL test that cannot run is a failure, not a skip.
+REQUIRE_POSTGRES_ENV = "CALLBRIDGE_TEST_REQUIRE_POSTGRES"
+
+
+def _postgres_required() -> bool:
+    return os.environ.get(REQUIRE_POSTGRES_ENV, "") not in ("", "0")
+
+
+def _no_postgres(reason: str) -> None:
+    if _postgres_required():
+        pytest.fail(f"{reason}, and {REQUIRE_POSTGRES_ENV} demands PostgreSQL tests run")
+    pytest.skip(reason)
+
+
+_postgres_passed = 0
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (or, under CI, fail) PostgreSQL tests when no server is configured."""
+    if item.get_closest_marker("postgres") and postgres_admin_url() is None:
+        _no_postgres(f"{POSTGRES_URL_ENV} is not set")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Count PostgreSQL tests that passed."""
+    global _postgres_passed
+    if report.when == "call" and report.passed and "postgres" in report.keywords:
+        _postgres_passed += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI, a run in which no PostgreSQL test passed is a failure."""
+    if _postgres_required() and _postgres_passed == 0 and exitstatus == 0:
+        session.exitstatus = 1
+    if postgres_admin_url() is not None or _postgres_required():
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"PostgreSQL tests passed: {_postgres_passed}")
 
 
 def postgres_admin_url() -> str | None:
@@ -89,7 +128,8 @@ def database(
         return
     admin = postgres_admin_url()
     if admin is None:
-        pytest.skip(f"{POSTGRES_URL_ENV} is not set")
+        _no_postgres(f"{POSTGRES_URL_ENV} is not set")
+        return
     name = f"cbtest_{uuid.uuid4().hex[:12]}"
     asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
     url = _with_database(admin, name)

@@ -1,0 +1,45 @@
+"""The worker: drains the job queue, runs side tasks, stops gracefully.
+
+The web app's lifespan and the CLI call :func:`build_worker`, run ``await worker.run()`` in a
+task, and call ``worker.stop()`` on shutdown.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from callbridge.config import Settings
+from callbridge.storage.job_queue import JobQueue
+from callbridge.worker.registry import JobContext, JobRegistry, default_registry
+from callbridge.worker.retry import RetryDecision, RetryPolicy
+from callbridge.worker.worker import Worker
+
+__all__ = [
+    "JobContext",
+    "JobRegistry",
+    "RetryDecision",
+    "RetryPolicy",
+    "Worker",
+    "build_worker",
+]
+
+
+def build_worker(
+    settings: Settings,
+    session_factory: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
+    registry: JobRegistry | None = None,
+) -> Worker:
+    """A worker configured from settings; it listens for NOTIFY when the engine is PostgreSQL."""
+    listen_url = None
+    if engine.dialect.name == "postgresql":
+        listen_url = engine.url.render_as_string(hide_password=False)
+    return Worker(
+        session_factory,
+        registry if registry is not None else default_registry(),
+        queue=JobQueue(lease_seconds=settings.job_lease_seconds),
+        concurrency=settings.worker_concurrency,
+        poll_interval=settings.worker_poll_interval_seconds,
+        shutdown_timeout=settings.worker_shutdown_timeout_seconds,
+        listen_url=listen_url,
+    )

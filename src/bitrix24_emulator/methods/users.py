@@ -80,7 +80,8 @@ def _project(user: Mapping[str, Any], select: list[str]) -> dict[str, Any]:
     }
 
 
-@method("user.get", scope="user_basic")
+# The least scope that may call it; the HTTP layer lets "user" and "user_basic" in too (§6.6).
+@method("user.get", scope="user_brief")
 def user_get(ctx: CallContext, params: dict[str, Any]) -> ListResult | list[dict[str, Any]]:
     """Employees by filter, 50 a page, ordered by ``sort``/``order`` (default ``ID`` ASC)."""
     query = {str(k).upper(): v for k, v in params.items()}

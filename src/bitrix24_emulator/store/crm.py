@@ -28,6 +28,7 @@ from bitrix24_emulator.store.query import (
     iso,
     paginate,
     sort_records,
+    split_key,
 )
 
 EntityType = Literal["CONTACT", "COMPANY", "LEAD", "DEAL"]
@@ -426,6 +427,16 @@ class _Table:
                 out[name] = copy.deepcopy(multi[name])
         return out
 
+    def _exact_multifields(self, conditions: Mapping[str, Any]) -> dict[str, Any]:
+        """Multifields filter by exact value only (§6.2): LIKE operators on them mean equality."""
+        out: dict[str, Any] = {}
+        for key, wanted in conditions.items():
+            op, name = split_key(str(key))
+            if name.upper() in self.schema.multifields and op in ("%", "=%", "%=", "?"):
+                key = name
+            out[key] = wanted
+        return out
+
     def query(
         self,
         conditions: Mapping[str, Any],
@@ -435,7 +446,7 @@ class _Table:
     ) -> Page:
         rows = filter_records(
             self.records.values(),
-            conditions,
+            self._exact_multifields(conditions),
             self.schema.types,
             known=self.known,
             value_of=self.value_of,
@@ -467,6 +478,7 @@ class CrmStore:
         )
         self._next_multifield_id = 1
         self._phone_index: dict[str, set[tuple[str, int]]] = {}
+        self._phone_keys: dict[tuple[str, int], set[str]] = {}  # the index entries of each owner
 
     # --- generic entity access -------------------------------------------------------------
 
@@ -755,12 +767,16 @@ class CrmStore:
 
     def _reindex_phones(self, etype: str, entity_id: int) -> None:
         owner = (etype, entity_id)
-        for owners in self._phone_index.values():
-            owners.discard(owner)
-        for value in self._tables[etype].multi[entity_id].get("PHONE", []):
-            key = phone_key(str(value["VALUE"]), self.phone_country)
-            if key:
-                self._phone_index.setdefault(key, set()).add(owner)
+        for key in self._phone_keys.pop(owner, set()):
+            self._phone_index[key].discard(owner)
+        keys = {
+            phone_key(str(value["VALUE"]), self.phone_country)
+            for value in self._tables[etype].multi[entity_id].get("PHONE", [])
+        }
+        keys.discard("")
+        self._phone_keys[owner] = keys
+        for key in keys:
+            self._phone_index.setdefault(key, set()).add(owner)
 
     def _check_value(self, name: str, value: str) -> None:
         if name == "EMAIL" and not _EMAIL.match(value):

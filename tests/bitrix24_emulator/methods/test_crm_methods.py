@@ -71,6 +71,12 @@ class TestList:
         assert other_format.items == []
         assert other_format.total == 0
 
+    @pytest.mark.parametrize("key", ["%PHONE", "=%PHONE", "%=PHONE"])
+    def test_like_on_phone_is_still_exact(self, ctx: CallContext, key: str) -> None:
+        assert call(ctx, "crm.contact.list", {"filter": {key: "7903"}}).items == []
+        exact = call(ctx, "crm.contact.list", {"filter": {key: "+79031112233"}})
+        assert [i["ID"] for i in exact.items] == ["2"]
+
     @pytest.mark.parametrize(
         ("conditions", "ids"),
         [

@@ -119,7 +119,7 @@ class TestUserGet:
     def test_registration(self) -> None:
         registered = REGISTRY.get("USER.GET")
         assert registered is not None
-        assert registered.scope == "user_basic"
+        assert registered.scope == "user_brief"
         assert not registered.app_only
 
 

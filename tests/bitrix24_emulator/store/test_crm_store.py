@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bitrix24_emulator.store.crm import CrmStore, CrmValidationError, phone_key
 
@@ -306,3 +308,17 @@ class TestCallActivities:
         assert lead["ASSIGNED_BY_ID"] == "3"
         assert lead["SOURCE_ID"] == "CALL"
         assert crm.find_by_phone("+7 900") == [("LEAD", lead_id)]
+
+
+@given(
+    digits=st.text(alphabet="0123456789", min_size=10, max_size=10),
+    prefix=st.sampled_from(["+7", "7", "8", "+7 ", "8 "]),
+    seps=st.lists(st.sampled_from(["", " ", "-", "(", ")", ".", "  "]), min_size=10, max_size=10),
+)
+def test_any_russian_formatting_finds_the_same_entity(
+    digits: str, prefix: str, seps: list[str]
+) -> None:
+    crm = CrmStore()
+    crm.add("CONTACT", {"PHONE": _phones(["+7" + digits])}, now=NOW, user_id=1)
+    written = prefix + "".join(sep + d for sep, d in zip(seps, digits, strict=True))
+    assert crm.find_by_phone(written) == [("CONTACT", 1)]

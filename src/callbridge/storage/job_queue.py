@@ -456,7 +456,8 @@ class JobQueue:
 
 async def get_job(session: AsyncSession, job_id: int) -> Job:
     """The job with this id, or JobNotFoundError."""
-    job = await session.get(Job, job_id)
+    # Core updates (claim, fail) bypass the identity map: always read the row afresh.
+    job = await session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise JobNotFoundError(f"no job with id {job_id}")
     return job
@@ -471,7 +472,9 @@ async def list_jobs(
     limit: int = 50,
 ) -> list[Job]:
     """The newest jobs first, optionally filtered."""
-    statement = select(Job).order_by(Job.id.desc()).limit(limit)
+    statement = (
+        select(Job).order_by(Job.id.desc()).limit(limit).execution_options(populate_existing=True)
+    )
     if status is not None:
         statement = statement.where(Job.status == JobStatus(status).value)
     if kind is not None:
@@ -485,7 +488,7 @@ async def counts_by_status(session: AsyncSession) -> dict[JobStatus, int]:
     """How many jobs are in each status (every status present, zeros included)."""
     rows = await session.execute(select(Job.status, func.count()).group_by(Job.status))
     counts = dict.fromkeys(JobStatus, 0)
-    for status, count in rows.tuples():
+    for status, count in rows:
         counts[JobStatus(status)] = count
     return counts
 
@@ -495,7 +498,7 @@ async def blocked_by(session: AsyncSession, job: Job) -> str | None:
     if job.status != JobStatus.QUEUED:
         return None
     if job.depends_on is not None:
-        dependency = await session.get(Job, job.depends_on)
+        dependency = await session.get(Job, job.depends_on, populate_existing=True)
         if dependency is not None and dependency.status != JobStatus.SUCCEEDED:
             return f"waiting for job {dependency.id} ({dependency.kind}, {dependency.status})"
     if job.ordering_key is not None:
@@ -508,6 +511,7 @@ async def blocked_by(session: AsyncSession, job: Job) -> str | None:
             )
             .order_by(Job.id)
             .limit(1)
+            .execution_options(populate_existing=True)
         )
         if earlier is not None:
             return (

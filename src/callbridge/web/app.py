@@ -1,0 +1,116 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+Long-lived resources (the database engine and session factory, the shared ``httpx.AsyncClient``,
+the secret box and, in all-in-one mode, the worker) are built in the lifespan, never at import
+time, and handed to routes through the aliases in :mod:`callbridge.web.deps`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TypedDict
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from callbridge import __version__
+from callbridge.config import Settings
+from callbridge.logging import get_logger
+from callbridge.storage.crypto import SecretBox
+from callbridge.storage.db import create_engine, create_session_factory
+from callbridge.storage.probe import safe_url
+from callbridge.web import health
+from callbridge.web.background import WorkerFactory, WorkerRunner
+from callbridge.web.errors import install_error_handlers
+
+logger = get_logger(__name__)
+
+DESCRIPTION = """\
+callbridge connects Asterisk PBXs to Bitrix24 CRM: call cards, call registration and
+statuses, leads, recordings and click-to-call, for many PBX customers and many portals.
+
+Every error response has the same shape: `{"error": {"code": "...", "message": "..."}}`.
+"""
+
+# Connecting should be quick; a slow Bitrix24 answer gets the full budget.
+_CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+class State(TypedDict):
+    """What the lifespan builds; routes read it through :mod:`callbridge.web.deps`."""
+
+    settings: Settings
+    engine: AsyncEngine
+    session_factory: async_sessionmaker[AsyncSession]
+    http_client: httpx.AsyncClient
+    secret_box: SecretBox
+    worker: WorkerRunner | None
+
+
+def create_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one outbound HTTP client, with explicit timeouts and a User-Agent."""
+    timeout = httpx.Timeout(
+        settings.http_timeout_seconds,
+        connect=min(_CONNECT_TIMEOUT_SECONDS, settings.http_timeout_seconds),
+    )
+    return httpx.AsyncClient(
+        timeout=timeout,
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        headers={"User-Agent": f"callbridge/{__version__}"},
+        follow_redirects=False,
+    )
+
+
+def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = None) -> FastAPI:
+    """The web app; with ``worker_factory`` it also runs the worker (all-in-one mode)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
+        async with contextlib.AsyncExitStack() as stack:
+            engine = create_engine(settings.effective_database_url)
+            stack.push_async_callback(engine.dispose)
+            http_client = create_http_client(settings)
+            stack.push_async_callback(http_client.aclose)
+            session_factory = create_session_factory(engine)
+            secret_box = SecretBox(settings.fernet_keys())
+
+            runner: WorkerRunner | None = None
+            if worker_factory is not None:
+                runner = WorkerRunner(
+                    worker_factory(settings, session_factory, engine),
+                    shutdown_timeout=settings.worker_shutdown_timeout_seconds,
+                )
+                runner.start()
+                stack.push_async_callback(runner.stop)
+
+            logger.info(
+                "callbridge web app started",
+                version=__version__,
+                database=safe_url(settings.effective_database_url),
+                worker="in-process" if runner is not None else "separate",
+            )
+            yield State(
+                settings=settings,
+                engine=engine,
+                session_factory=session_factory,
+                http_client=http_client,
+                secret_box=secret_box,
+                worker=runner,
+            )
+            logger.info("callbridge web app stopping")
+
+    app = FastAPI(
+        title="callbridge",
+        summary="Asterisk ↔ Bitrix24 telephony bridge",
+        description=DESCRIPTION,
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,73 @@
+"""Dependencies for routes, as ``Annotated`` aliases: ``session: SessionDep``.
+
+Each reads a resource the lifespan built (see :class:`callbridge.web.app.State`); nothing here
+connects or opens anything at import time. Tests override one dependency at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, cast
+
+import httpx
+from fastapi import Depends, Request
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from callbridge.config import Settings
+from callbridge.domain.errors import StorageError
+from callbridge.storage.crypto import SecretBox
+from callbridge.web.background import WorkerRunner
+
+
+def get_settings(request: Request) -> Settings:
+    """The application's settings."""
+    return cast(Settings, request.state.settings)
+
+
+def get_engine(request: Request) -> AsyncEngine:
+    """The database engine."""
+    return cast(AsyncEngine, request.state.engine)
+
+
+def get_http_client(request: Request) -> httpx.AsyncClient:
+    """The shared outbound HTTP client (one connection pool for the process)."""
+    return cast(httpx.AsyncClient, request.state.http_client)
+
+
+def get_secret_box(request: Request) -> SecretBox:
+    """Encrypts and decrypts secrets at rest."""
+    return cast(SecretBox, request.state.secret_box)
+
+
+def get_worker_runner(request: Request) -> WorkerRunner | None:
+    """The in-process worker, when the app runs all-in-one."""
+    return cast(WorkerRunner | None, request.state.worker)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session for one request: committed when the route succeeds, rolled back otherwise.
+
+    The commit belongs here, at the edge; repositories only flush. The dependency is declared
+    with ``scope="function"`` so the commit happens *before* the response is sent: a client
+    that got a 2xx knows its data is stored.
+    """
+    factory = cast(async_sessionmaker[AsyncSession], request.state.session_factory)
+    async with factory() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        try:
+            await session.commit()
+        except (OperationalError, InterfaceError, OSError) as err:
+            raise StorageError("the database is unavailable; try again later") from err
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
+HttpClientDep = Annotated[httpx.AsyncClient, Depends(get_http_client)]
+SecretBoxDep = Annotated[SecretBox, Depends(get_secret_box)]
+WorkerRunnerDep = Annotated[WorkerRunner | None, Depends(get_worker_runner)]
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

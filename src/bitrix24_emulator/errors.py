@@ -3,7 +3,7 @@
 Tree::
 
     EmulatorError
-    └── RestError            an error envelope ``{"error", "error_description"}`` with an HTTP status
+    └── RestError     an error envelope ``{"error", "error_description"}`` with an HTTP status
 """
 
 from __future__ import annotations
@@ -34,6 +34,4 @@ def error_core(description: str) -> RestError:
 
 def wrong_auth_type() -> RestError:
     """An app-only method called with webhook auth."""
-    return RestError(
-        "WRONG_AUTH_TYPE", "Current authorization type is denied for this method", 403
-    )
+    return RestError("WRONG_AUTH_TYPE", "Current authorization type is denied for this method", 403)

@@ -3,7 +3,8 @@
 A handler is a plain function ``(ctx, params) -> result``. ``params`` is the decoded request
 (form bracket syntax already turned into nested dicts/lists, JSON as is, ``auth`` removed).
 It returns the ``result`` value of the success envelope, or a :class:`ListResult` for paginated
-list methods, and raises :class:`~bitrix24_emulator.errors.RestError` for errors.
+list methods, and raises :class:`~bitrix24_emulator.errors.RestError` for errors. A handler that
+must do I/O (e.g. download a ``RECORD_URL``) may return an awaitable; the REST layer awaits it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class CallContext:
     caller: Caller
     now: float  # unix time, from the emulator's clock
     base_url: str  # e.g. "http://127.0.0.1:8090", for URLs handlers hand out
+    auth: str | None = None  # the access token of the request, for URLs that carry it
 
 
 @dataclass

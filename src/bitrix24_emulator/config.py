@@ -46,9 +46,10 @@ class Behaviour:
     enforce_scopes: bool = True
     # §3.5: what a token the portal never issued gets.
     unknown_token_error: Literal["invalid_token", "NO_AUTH_FOUND"] = "invalid_token"
-    # §8.1: refresh tokens are single use; the pre-2024 docs also killed the old access token.
+    # §8.1: refresh tokens are single use. The pre-2024 docs also killed the access token issued
+    # with a used refresh token; the current docs dropped that, so it stays alive by default.
     refresh_token_single_use: bool = True
-    revoke_access_on_refresh: bool = True
+    revoke_access_on_refresh: bool = False
     # §8.8: whether show/hide/searchCrmEntities accept incoming webhooks.
     show_hide_allow_webhook: bool = True
     search_allow_webhook: bool = True

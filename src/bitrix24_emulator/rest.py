@@ -75,11 +75,14 @@ def time_block(
     return block
 
 
-async def read_params(request: Request) -> tuple[dict[str, Any], UploadFile | None]:
-    """Query string plus body (form with PHP brackets, JSON, or multipart); body wins."""
+async def read_params(request: Request) -> tuple[dict[str, Any], bytes | None]:
+    """Query string plus body (form with PHP brackets, JSON, or multipart); body wins.
+
+    The second value is the content of the first file of a multipart body, if any.
+    """
     query = request.url.query
     params = decode_query(query) if query else {}
-    upload: UploadFile | None = None
+    upload: bytes | None = None
     if request.method == "POST":
         ctype = request.headers.get("content-type", "")
         if "json" in ctype:
@@ -93,13 +96,13 @@ async def read_params(request: Request) -> tuple[dict[str, Any], UploadFile | No
                     raise RestError("INVALID_REQUEST", "JSON body must be an object", 400)
                 params.update(body)
         elif "multipart/form-data" in ctype:
-            form = await request.form()
             pairs: list[tuple[str, str]] = []
-            for key, value in form.multi_items():
-                if isinstance(value, str):
-                    pairs.append((key, value))
-                elif upload is None:
-                    upload = value
+            async with request.form() as form:
+                for key, value in form.multi_items():
+                    if isinstance(value, str):
+                        pairs.append((key, value))
+                    elif upload is None and isinstance(value, UploadFile):
+                        upload = await value.read()
             params.update(decode_pairs(pairs))
         else:
             raw = await request.body()
@@ -138,7 +141,7 @@ class RestHandler:
         except RestError as err:
             response = error_response(err)
             entry["error"] = err.code
-        except Exception as exc:  # noqa: BLE001 - a handler bug answers like the portal's 500
+        except Exception as exc:
             logger.exception("emulator: %s failed", entry.get("method"))
             response = error_response(
                 RestError("INTERNAL_SERVER_ERROR", "Internal server error", 500)
@@ -357,9 +360,7 @@ class RestHandler:
             out.append((key, _REFERENCE.sub(substitute, value)))
         return out
 
-    async def _upload(
-        self, params: dict[str, Any], upload: UploadFile | None, now: float
-    ) -> Response:
+    async def _upload(self, params: dict[str, Any], upload: bytes | None, now: float) -> Response:
         """The multipart POST to attachRecord's ``uploadUrl`` (§1.4; answer UNCONFIRMED)."""
         emu = self.emu
         token = str(params.get("token", ""))
@@ -373,7 +374,7 @@ class RestHandler:
         call = emu.portal.telephony.calls.get(call_id)
         if call is None:
             raise RestError("ERROR_CORE", "Call is not found", 400)
-        content = await upload.read()
+        content = upload
         if not content:
             raise RestError("ERROR_CORE", "File content is empty.", 400)
         stored = attach_file(emu.portal, call, filename, content, now)

@@ -48,6 +48,7 @@ from callbridge.worker import build_worker
 logger = get_logger(__name__)
 
 _DEBUG = "callbridge.debug"
+_ARGS = "callbridge.args"
 _HELP_OPTIONS = ("-h", "--help")
 # Seconds uvicorn waits for open requests on shutdown before closing them.
 _HTTP_SHUTDOWN_TIMEOUT_SECONDS = 10
@@ -55,6 +56,11 @@ _HTTP_SHUTDOWN_TIMEOUT_SECONDS = 10
 
 class _CallbridgeGroup(TyperGroup):
     """Turns callbridge's errors into one line on stderr and a non-zero exit."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        # Remembered so the callback can tell that a subcommand's --help was asked for.
+        ctx.meta[_ARGS] = list(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # typer.Context is the runtime class
         try:
@@ -137,7 +143,7 @@ def _main(
         ctx.obj = load_settings(config)
     except ConfigurationError:
         # `callbridge migrate --help` must work even when the settings do not.
-        if any(arg in _HELP_OPTIONS for arg in ctx.args):
+        if any(arg in _HELP_OPTIONS for arg in ctx.meta.get(_ARGS, ())):
             return
         raise
 

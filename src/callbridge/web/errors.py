@@ -8,6 +8,7 @@ unknown routes (404), other HTTP errors and unexpected exceptions (500) use the 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -24,6 +25,7 @@ from callbridge.domain.errors import (
     JobError,
     JobNotFoundError,
     MigrationsPendingError,
+    Retryable,
     StorageError,
     UnknownJobKindError,
 )
@@ -42,6 +44,7 @@ _STATUS_BY_CLASS: dict[type[CallbridgeError], HTTPStatus] = {
     JobError: HTTPStatus.CONFLICT,
     JobNotFoundError: HTTPStatus.NOT_FOUND,
     UnknownJobKindError: HTTPStatus.UNPROCESSABLE_ENTITY,
+    Retryable: HTTPStatus.SERVICE_UNAVAILABLE,
 }
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -101,7 +104,10 @@ async def _callbridge_error(_request: Request, exc: Exception) -> JSONResponse:
     status = status_for(exc)
     if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
         logger.error("request failed", error=type(exc).__name__, reason=exc.message)
-    return error_response(status, code_for(exc), exc.message)
+    headers = None
+    if isinstance(exc, Retryable) and exc.retry_after is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    return error_response(status, code_for(exc), exc.message, headers=headers)
 
 
 def _status_code(status: int) -> str:

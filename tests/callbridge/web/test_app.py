@@ -20,6 +20,7 @@ from callbridge.config import Settings, load_settings
 from callbridge.domain.errors import (
     CallbridgeError,
     JobNotFoundError,
+    RetryLater,
     StorageError,
     UnknownJobKindError,
 )
@@ -131,6 +132,7 @@ def _app_with_test_routes(settings: Settings) -> FastAPI:
             "storage": StorageError("the database is unavailable"),
             "unknown-kind": UnknownJobKindError(),
             "plain": CallbridgeError("something is wrong"),
+            "retry-later": RetryLater(2.5, "the portal is busy"),
             "bug": RuntimeError("internal detail"),
         }
         raise errors[kind]
@@ -193,6 +195,13 @@ class TestErrorShape:
 
         assert response.status_code == status
         assert response.json() == {"error": {"code": code, "message": message}}
+
+    async def test_retryable_errors_say_when_to_retry(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/test/raise/retry-later")
+
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "3"
+        assert response.json()["error"] == {"code": "retry_later", "message": "the portal is busy"}
 
     async def test_unexpected_exception_is_500_without_internals(
         self, client: httpx.AsyncClient

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import httpx
+from tests.bitrix24_emulator.conftest import WEBHOOK, Installed, call
 
 from bitrix24_emulator.__main__ import config_from_args, parser
 from bitrix24_emulator.emulator import Emulator
-from tests.bitrix24_emulator.conftest import WEBHOOK, Installed, call
 
 
 async def test_openapi_describes_control_api(client: httpx.AsyncClient) -> None:

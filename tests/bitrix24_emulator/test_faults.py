@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from tests.bitrix24_emulator.conftest import WEBHOOK
 
 from bitrix24_emulator.clock import FakeClock
 from bitrix24_emulator.faults import FaultConfig, FaultInjector
-from tests.bitrix24_emulator.conftest import WEBHOOK
 
 
 class TestInjector:

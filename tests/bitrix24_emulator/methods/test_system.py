@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from tests.bitrix24_emulator.conftest import WEBHOOK, Installed, call
 
 

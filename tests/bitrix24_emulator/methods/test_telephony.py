@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.bitrix24_emulator.conftest import WEBHOOK, Installed, call
 
 from bitrix24_emulator.clock import FakeClock
 from bitrix24_emulator.emulator import Emulator
-from tests.bitrix24_emulator.conftest import WEBHOOK, Installed, call
 
 PHONE = "+79001234567"  # not in the seed
 
@@ -41,7 +41,8 @@ class TestRegister:
         result = response.json()["result"]
         assert result["CALL_ID"].startswith("externalCall.")
         _, hex_part, ts = result["CALL_ID"].split(".")
-        assert len(hex_part) == 32 and ts == str(int(clock.now()))
+        assert len(hex_part) == 32
+        assert ts == str(int(clock.now()))
         assert result == {
             "CALL_ID": result["CALL_ID"],
             "CRM_CREATED_LEAD": None,
@@ -437,7 +438,8 @@ class TestAttachRecord:
         [
             (
                 {},
-                "Required parameters are not set. Request should contain or URL or FILENAME parameter",
+                "Required parameters are not set. "
+                "Request should contain or URL or FILENAME parameter",
             ),
             (
                 {"FILENAME": "a.ogg", "FILE_CONTENT": "AAAA"},

@@ -14,7 +14,11 @@ package adds its branch, grouped by what the caller should do about it::
     │   └── LeaseLostError          another worker holds the job now; this run's writes are dropped
     ├── Retryable                   transient: run the job again later, with backoff
     │   └── RetryLater              come back after ``retry_after`` s; does not spend an attempt
-    └── Permanent                   retrying cannot help: the job goes straight to ``dead``
+    ├── Permanent                   retrying cannot help: the job goes straight to ``dead``
+    └── CallModelError              the call model cannot accept this input (domain/call.py)
+        ├── InvalidEventError       a PBX event is self-contradictory (also Permanent)
+        ├── WrongCallError          an event of another call was applied (also Permanent)
+        └── CallStateError          a stored call cannot be read back (also Permanent)
 
 ``Retryable`` and ``Permanent`` are what the job queue reads to decide a failed job's fate: it
 looks at classes, never at messages. Adapters subclass them (``crm.bitrix24.errors`` makes its
@@ -91,3 +95,18 @@ class JobStateError(JobError):
 class LeaseLostError(JobError):
     """The job's lease expired and another worker claimed it; this run's result is discarded."""
 
+
+class CallModelError(CallbridgeError):
+    """The call model cannot accept this input."""
+
+
+class InvalidEventError(CallModelError, Permanent):
+    """The PBX event is invalid (e.g. a timestamp without a timezone)."""
+
+
+class WrongCallError(CallModelError, Permanent):
+    """The event belongs to another call."""
+
+
+class CallStateError(CallModelError, Permanent):
+    """The stored call is malformed or from an unknown version."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import pytest
 import structlog
 from fastapi import FastAPI
 from sqlalchemy import text
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from callbridge import __version__
 from callbridge.config import Settings, load_settings
@@ -41,7 +41,10 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
 
 @contextlib.asynccontextmanager
 async def serve(
-    app: FastAPI, *, raise_app_exceptions: bool = True
+    app: FastAPI,
+    *,
+    raise_app_exceptions: bool = True,
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan and talk to it in-process, with the lifespan state in each scope."""
     async with app.router.lifespan_context(app) as state:
@@ -50,7 +53,8 @@ async def serve(
         async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
             await app({**scope, "state": dict(state)}, receive, send)
 
-        transport = httpx.ASGITransport(app=with_state, raise_app_exceptions=raise_app_exceptions)
+        asgi = wrap(with_state) if wrap is not None else with_state
+        transport = httpx.ASGITransport(app=asgi, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
             yield client
 
@@ -298,6 +302,34 @@ class TestSessionDep:
 
         assert failed.status_code == 404
         assert (await client.get("/test/notes")).json() == []
+
+    async def test_commit_happens_before_the_response_is_sent(
+        self, app: FastAPI, fresh_database_url: str
+    ) -> None:
+        observer = create_unpooled_engine(fresh_database_url)
+        rows_when_response_started: list[int] = []
+
+        def watch(inner: ASGIApp) -> ASGIApp:
+            async def watching(scope: Scope, receive: Receive, send: Send) -> None:
+                async def send_and_look(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        async with observer.connect() as connection:
+                            count = await connection.scalar(text("SELECT COUNT(*) FROM test_notes"))
+                        rows_when_response_started.append(int(count or 0))
+                    await send(message)
+
+                await inner(scope, receive, send_and_look)
+
+            return watching
+
+        try:
+            async with serve(app, wrap=watch) as client:
+                response = await client.post("/test/notes/durable")
+        finally:
+            await observer.dispose()
+
+        assert response.status_code == 200
+        assert rows_when_response_started == [1]
 
 
 class _FakeWorker:

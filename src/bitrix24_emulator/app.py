@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from bitrix24_emulator import __version__
 from bitrix24_emulator.config import EmulatorConfig
 from bitrix24_emulator.control import router
 from bitrix24_emulator.emulator import Emulator
+from bitrix24_emulator.faults import FaultKind
 
 # Importing the method modules registers their handlers.
 from bitrix24_emulator.methods import crm as _crm  # noqa: F401
@@ -34,67 +36,85 @@ _ERROR_BODIES = {
 }
 
 
-class FaultMiddleware:
-    """Applies injected faults to REST and OAuth requests before they reach the portal."""
-
-    def __init__(self, app: ASGIApp, emu: Emulator) -> None:
-        self.app = app
-        self.emu = emu
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Delay, fail, drop or pass the request."""
-        if scope["type"] != "http" or not self.emu.faults.applies(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        decision = self.emu.faults.decide(self.emu.clock.now())
-        if decision.delay:
-            await self.emu.clock.sleep(decision.delay)
-        kind = decision.kind
-        if kind is None:
-            await self.app(scope, receive, send)
-            return
-        self.emu.log_request(
+async def _send_fault(emu: Emulator, kind: FaultKind, scope: Scope, send: Send) -> None:
+    """Answer (or fail) a request the way the chosen fault does."""
+    emu.log_request(
+        {
+            "time": emu.clock.now(),
+            "http_method": scope.get("method"),
+            "path": scope["path"],
+            "method": f"fault:{kind}",
+            "params": None,
+            "auth_kind": None,
+            "client_id": None,
+            "user_id": None,
+            "status": int(kind) if kind.isdigit() else 0,
+            "error": f"injected {kind}",
+            "duration_ms": 0.0,
+        }
+    )
+    if kind in _ERROR_BODIES:
+        body = _ERROR_BODIES[kind]
+        ctype = b"application/json" if kind == "500" else b"text/html"
+        await send(
             {
-                "time": self.emu.clock.now(),
-                "http_method": scope.get("method"),
-                "path": scope["path"],
-                "method": f"fault:{kind}",
-                "params": None,
-                "auth_kind": None,
-                "client_id": None,
-                "user_id": None,
-                "status": int(kind) if kind.isdigit() else 0,
-                "error": f"injected {kind}",
-                "duration_ms": 0.0,
+                "type": "http.response.start",
+                "status": int(kind),
+                "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
             }
         )
-        if kind in _ERROR_BODIES:
-            body = _ERROR_BODIES[kind]
-            ctype = b"application/json" if kind == "500" else b"text/html"
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": int(kind),
-                    "headers": [
-                        (b"content-type", ctype),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": body})
+        return
+    if kind == "timeout":
+        await emu.clock.sleep(emu.faults.config.hang_seconds)
+        # After the hang the connection is dropped without an answer.
+        raise httpx.ReadTimeout("emulator: injected timeout, no response")
+    # "reset": start a response and abort it, so a real server drops the connection mid-way
+    # (and an ASGITransport client sees a transport error, like a real one would).
+    start: Message = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+    }
+    await send(start)
+    raise httpx.ReadError("emulator: injected connection reset")
+
+
+class EmulatorApp(FastAPI):
+    """FastAPI for the control API and docs; REST and OAuth bypass its routing (speed)."""
+
+    emulator: Emulator
+    rest: RestHandler
+    oauth: OAuthServer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve ``/rest/`` and ``/oauth/`` directly, everything else through FastAPI."""
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/rest/"):
+                endpoint = self.rest.handle
+            elif path.rstrip("/") == "/oauth/token":
+                endpoint = self.oauth.token
+            elif path.rstrip("/") == "/oauth/authorize":
+                endpoint = self.oauth.authorize
+            else:
+                await super().__call__(scope, receive, send)
+                return
+            emu = self.emulator
+            if emu.faults.applies(path):
+                decision = emu.faults.decide(emu.clock.now())
+                if decision.delay:
+                    await emu.clock.sleep(decision.delay)
+                if decision.kind is not None:
+                    await _send_fault(emu, decision.kind, scope, send)
+                    return
+            if scope["method"] not in ("GET", "POST"):
+                response: Response = Response(status_code=405, headers={"Allow": "GET, POST"})
+            else:
+                response = await endpoint(Request(scope, receive))
+            await response(scope, receive, send)
             return
-        if kind == "timeout":
-            await self.emu.clock.sleep(self.emu.faults.config.hang_seconds)
-            # After the hang the connection is dropped without an answer.
-            raise httpx.ReadTimeout("emulator: injected timeout, no response")
-        # "reset": start a response and abort it, so a real server drops the connection mid-way.
-        start: Message = {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
-        }
-        await send(start)
-        raise httpx.ReadError("emulator: injected connection reset")
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -110,7 +130,7 @@ def create_app(
         yield
         await emu.aclose()
 
-    app = FastAPI(
+    app = EmulatorApp(
         title="Bitrix24 emulator",
         version=__version__,
         description="Control and inspection API of the Bitrix24 emulator. The portal REST API "
@@ -121,16 +141,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.emulator = emu
+    app.emulator, app.rest, app.oauth = emu, rest, oauth
     app.include_router(router)
-    # Plain Starlette routes for the hot paths: no FastAPI dependency resolution per request.
-    routes: list[Any] = [
-        Route("/rest/{path:path}", rest.handle, methods=["GET", "POST"], include_in_schema=False),
-        Route("/oauth/authorize/", oauth.authorize, methods=["GET"], include_in_schema=False),
-        Route("/oauth/authorize", oauth.authorize, methods=["GET"], include_in_schema=False),
-        Route("/oauth/token/", oauth.token, methods=["GET", "POST"], include_in_schema=False),
-        Route("/oauth/token", oauth.token, methods=["GET", "POST"], include_in_schema=False),
-        Route("/", index, methods=["GET"], include_in_schema=False),
-    ]
-    app.router.routes.extend(routes)
-    app.add_middleware(FaultMiddleware, emu=emu)
+    app.router.routes.append(Route("/", index, methods=["GET"], include_in_schema=False))
     return app

@@ -23,7 +23,7 @@ def _next_index(node: dict[str, Any]) -> int:
 
 
 def _is_index(key: str) -> bool:
-    return key.isdigit() and (key == "0" or not key.startswith("0"))
+    return key.isascii() and key.isdigit() and (key == "0" or not key.startswith("0"))
 
 
 def _finish(value: Any) -> Any:

@@ -123,7 +123,7 @@ class RestHandler:
         started = emu.clock.now()
         perf = time.perf_counter()
         base_url = emu.seen_base_url(str(request.base_url))
-        path: str = request.path_params.get("path", "")
+        path: str = request.scope["path"][len("/rest/") :]
         entry: dict[str, Any] = {
             "time": started,
             "http_method": request.method,

@@ -72,6 +72,14 @@ class _CallbridgeGroup(TyperGroup):
             settings = ctx.obj if isinstance(ctx.obj, Settings) else None
             url = settings.effective_database_url if settings else "(unknown)"
             _fail(ctx, connection_error(url, err).message)
+        except OSError as err:
+            if err.filename is None:
+                raise
+            _fail(
+                ctx,
+                f"cannot use {err.filename} ({err.strerror}); "
+                f"check {ENV_PREFIX}VAR_DIR and {ENV_PREFIX}DATABASE_URL",
+            )
 
 
 def _fail(ctx: typer.Context, message: str) -> NoReturn:
@@ -263,6 +271,8 @@ def _quiet_signal_replay() -> Iterator[None]:
 
 
 def _serve(settings: Settings, worker_factory: WorkerFactory | None) -> None:
+    # Fail here, with one line, rather than inside the app's start-up (uvicorn prints a traceback).
+    settings.fernet_keys()
     sock = _bind(settings.host, settings.port)
     web_app = create_app(settings, worker_factory=worker_factory)
     config = uvicorn.Config(

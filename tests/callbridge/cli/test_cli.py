@@ -114,6 +114,16 @@ class TestErrors:
         assert result.exit_code == 1
         assert "nope.toml" in result.stderr
 
+    def test_an_unusable_var_dir_is_one_line(self, tmp_path: Path) -> None:
+        not_a_dir = tmp_path / "file"
+        not_a_dir.write_text("", encoding="utf-8")
+
+        result = invoke("migrate", env={"CALLBRIDGE_VAR_DIR": str(not_a_dir / "var")})
+
+        assert result.exit_code == 1
+        [line] = result.stderr.strip().splitlines()
+        assert "CALLBRIDGE_VAR_DIR" in line
+
     def test_run_refuses_a_busy_port(self, tmp_path: Path) -> None:
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", 0))

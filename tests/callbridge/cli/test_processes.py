@@ -170,3 +170,21 @@ def test_worker_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "callbridge migrate" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_reports_an_unmigrated_database_as_not_ready(
+    tmp_path: Path, processes: list[Process]
+) -> None:
+    port = free_port()
+    process = Process(["serve"], tmp_path, environment(tmp_path / "var", CALLBRIDGE_PORT=str(port)))
+    processes.append(process)
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        process.wait_for(
+            "/healthz", lambda: _answers_200(client, "/healthz"), STARTUP_TIMEOUT_SECONDS
+        )
+        ready = client.get("/readyz")
+
+    assert ready.status_code == 503
+    assert ready.json()["error"]["code"] == "migrations_pending"
+    assert process.terminate_and_wait() == 0, process.describe()

@@ -330,7 +330,11 @@ def upgrade() -> None:
             batch_op.f("ix_jobs_integration_id_status"), ["integration_id", "status"], unique=False
         )
         batch_op.create_index(
-            batch_op.f("ix_jobs_ordering_key_id"), ["ordering_key", "id"], unique=False
+            "ix_jobs_ordering_key_pending",
+            ["ordering_key", "id"],
+            unique=False,
+            postgresql_where=sa.text("status IN ('queued', 'running', 'dead')"),
+            sqlite_where=sa.text("status IN ('queued', 'running', 'dead')"),
         )
         batch_op.create_index(
             batch_op.f("ix_jobs_status_lease_expires_at"),
@@ -344,7 +348,11 @@ def downgrade() -> None:
 
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_jobs_status_lease_expires_at"))
-        batch_op.drop_index(batch_op.f("ix_jobs_ordering_key_id"))
+        batch_op.drop_index(
+            "ix_jobs_ordering_key_pending",
+            postgresql_where=sa.text("status IN ('queued', 'running', 'dead')"),
+            sqlite_where=sa.text("status IN ('queued', 'running', 'dead')"),
+        )
         batch_op.drop_index(batch_op.f("ix_jobs_integration_id_status"))
         batch_op.drop_index(batch_op.f("ix_jobs_depends_on"))
         batch_op.drop_index(

@@ -47,9 +47,11 @@ an exception into a delay or ``dead`` and calls :meth:`JobQueue.fail`. ``jobs re
 job back with its attempts reset and keeps its ``last_error`` (as history, until the next failure
 overwrites it).
 
-LISTEN/NOTIFY. On PostgreSQL, :meth:`JobQueue.enqueue` and a successful completion issue
-``NOTIFY callbridge_jobs`` (delivered on commit, folded into one per transaction by PostgreSQL);
-workers listen and claim at once. Polling is the fallback, and the only mode on SQLite.
+LISTEN/NOTIFY. On PostgreSQL, :meth:`JobQueue.enqueue` (and ``retry``/``cancel``) issue
+``NOTIFY callbridge_jobs`` (delivered on commit, once per transaction); workers listen and claim
+at once. Polling is the fallback, and the only mode on SQLite. Completing a job does *not*
+notify: PostgreSQL serialises the commits of notifying transactions, which capped four workers
+at the rate of one; the worker that completes a job looks for its successor itself.
 
 Time comes from the injected clock (``now``), so tests move it instead of sleeping.
 """
@@ -114,7 +116,10 @@ class JobQueue:
     now: Clock = utcnow
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     default_max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    #: How often (at most) :meth:`claim` looks for expired leases first.
+    recovery_interval: float = 1.0
     _lease: timedelta = field(init=False, repr=False)
+    _next_recovery: datetime | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._lease = timedelta(seconds=self.lease_seconds)
@@ -181,7 +186,10 @@ class JobQueue:
     ) -> list[ClaimedJob]:
         """Claim up to ``limit`` due jobs for ``worker``; the caller commits to make it stick."""
         now = self.now()
-        await self.recover_expired(session)
+        if self._next_recovery is None or now >= self._next_recovery:
+            # Not on every claim: it is a round trip, and a lease is many intervals long.
+            await self.recover_expired(session)
+            self._next_recovery = now + timedelta(seconds=self.recovery_interval)
         earlier = aliased(Job)
         dependency = aliased(Job)
         candidates = (
@@ -216,6 +224,16 @@ class JobQueue:
             candidates = candidates.where(Job.integration_id == integration_id)
         if _is_postgres(session):
             candidates = candidates.with_for_update(skip_locked=True, of=Job)
+            # Walk the claimable index in order and stop at ``limit``. A queue table's
+            # statistics are often stale (a burst of enqueues, autovacuum not yet round), and
+            # the planner then sorts every queued row and checks each one's ordering key:
+            # 40 ms instead of 0.1 ms for 10,000 queued jobs. Transaction-local settings.
+            await session.execute(
+                text(
+                    "SELECT set_config('enable_sort', 'off', true), "
+                    "set_config('enable_bitmapscan', 'off', true)"
+                )
+            )
         statement = (
             update(_jobs)
             .where(_jobs.c.id.in_(candidates.scalar_subquery()))
@@ -305,8 +323,6 @@ class JobQueue:
             lease_expires_at=None,
             updated_at=now,
         )
-        # Its ordering-key successors and dependents may be claimable now.
-        await _notify(session)
 
     async def fail(
         self,

@@ -88,7 +88,8 @@ class TestExtensions:
         assert number.kind is PhoneKind.EXTENSION
         assert number.e164 is None
         assert number.key == raw.strip()
-        assert number.is_extension and not number.is_external
+        assert number.is_extension
+        assert not number.is_external
 
     def test_extension_lengths_are_configurable(self) -> None:
         rules = PhoneRules(extension_min_digits=3, extension_max_digits=4)
@@ -145,7 +146,7 @@ class TestOtherCountries:
         ],
     )
     def test_invalid_rules_are_refused(self, kwargs: dict[str, object]) -> None:
-        with pytest.raises(ValueError, match="must|has|shorter"):
+        with pytest.raises(ValueError, match=r"must|has|shorter"):
             PhoneRules(**kwargs)  # type: ignore[arg-type]
 
 

@@ -275,3 +275,41 @@ class ApiCall(Base):
     http_status: Mapped[int | None] = mapped_column(Integer)
     error_code: Mapped[str | None] = mapped_column(String(128))
     operating: Mapped[float | None] = mapped_column(Float)
+
+
+class Bitrix24RateBudget(Base):
+    """A portal's request budget, shared by every process (GCRA: one theoretical arrival time).
+
+    ``tat`` is the "theoretical arrival time" of the next request in unix seconds; a request may
+    go when ``tat - burst <= now``. ``slowdown`` (≤ 1) scales the drain rate down after the portal
+    answered QUERY_LIMIT_EXCEEDED; it recovers linearly from ``penalised_at``.
+    """
+
+    __tablename__ = "bitrix24_rate_budgets"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    tat: Mapped[float] = mapped_column(Float, default=0.0)
+    slowdown: Mapped[float] = mapped_column(Float, default=1.0)
+    penalised_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Bitrix24OneTimeCode(Base):
+    """Single-use secrets of the app lifecycle: OAuth ``state`` nonces and enterprise link codes.
+
+    Only a SHA-256 of the code is stored: a leaked table does not let anyone link a portal.
+    """
+
+    __tablename__ = "bitrix24_one_time_codes"
+    __table_args__ = (UniqueConstraint("code_hash"), Index(None, "kind", "expires_at"))
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # "oauth_state", "link_code", "link_form"
+    code_hash: Mapped[str] = mapped_column(String(64))
+    enterprise_id: Mapped[int | None] = mapped_column(
+        ForeignKey("enterprises.id", ondelete="CASCADE")
+    )
+    member_id: Mapped[str | None] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]

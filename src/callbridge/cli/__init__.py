@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from typer.core import TyperGroup
 
 from callbridge import __version__
+from callbridge.cli.jobs import jobs_app
 from callbridge.config import ENV_PREFIX, Settings, load_settings
 from callbridge.domain.errors import CallbridgeError, ConfigurationError, StorageError
 from callbridge.logging import configure_logging, get_logger
@@ -42,8 +43,6 @@ from callbridge.storage.probe import (
 from callbridge.web.app import create_app
 from callbridge.web.background import WorkerFactory
 from callbridge.worker import build_worker
-
-# TODO(cli): add `jobs` (app.add_typer(jobs_app, name="jobs")) once callbridge.cli.jobs exists.
 
 logger = get_logger(__name__)
 
@@ -106,6 +105,7 @@ config_app = typer.Typer(
     context_settings={"help_option_names": list(_HELP_OPTIONS)},
 )
 app.add_typer(config_app)
+app.add_typer(jobs_app, name="jobs")
 
 
 def _show_version(value: bool) -> None:

@@ -338,8 +338,24 @@ async def _run_worker(settings: Settings) -> None:
     try:
         await ensure_ready(engine)
         worker = build_worker(settings, create_session_factory(engine), engine)
-        worker.install_signal_handlers()
-        await worker.run()
+        # Our own handlers (not worker.install_signal_handlers()): they also record that the stop
+        # was asked for, so a worker that stops on its own exits non-zero and gets restarted.
+        signals_received: list[signal.Signals] = []
+        loop = asyncio.get_running_loop()
+
+        def _on_signal(sig: signal.Signals) -> None:
+            signals_received.append(sig)
+            worker.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, sig)
+        try:
+            await worker.run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        if not signals_received:
+            raise CallbridgeError("the worker stopped on its own (see the log above); restart it")
     finally:
         await engine.dispose()
 

@@ -231,3 +231,25 @@ def test_postgres_migrate_reports_the_head(database: Database) -> None:
 
     assert result.exit_code == 0, result.output
     assert str(migrate.head_revision()) in result.stdout
+
+
+class _ReturningWorker:
+    """A worker whose run() returns at once, as when a side task dies."""
+
+    async def run(self) -> None:
+        return None
+
+    def stop(self) -> None:  # pragma: no cover - nothing asks it to stop
+        pass
+
+
+def test_a_worker_that_stops_on_its_own_exits_non_zero(
+    fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("callbridge.cli.build_worker", lambda *_args: _ReturningWorker())
+
+    result = invoke("worker", env={"CALLBRIDGE_DATABASE_URL": fresh_database_url})
+
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "stopped on its own" in line

@@ -523,7 +523,12 @@ class Call:
         leg = self.legs[-1]
         extension = event.extension
         if leg.state is LegState.RINGING:
+            if not self._concerns(leg, extension):
+                return []  # e.g. the employee who just transferred the call hangs up
             was_ringing = extension in leg.ringing
+            if not self._is_origin_of_outbound(leg):
+                # Offered to this user even if no Ringing said so (a busy phone never rings).
+                leg.rang_users.add(policy.user_for_extension(extension))
             if event.disposition is not None and (was_ringing or leg.outcome is None):
                 # A queue reports NOANSWER then CANCEL for one member: the first one counts.
                 leg.outcome = event.disposition
@@ -585,6 +590,16 @@ class Call:
 
     def _is_origin_of_outbound(self, leg: Leg) -> bool:
         return leg.number == 0 and self.direction is not Direction.INBOUND
+
+    def _concerns(self, leg: Leg, extension: str) -> bool:
+        """Whether a ringing leg's outcome may be told by this extension's ending."""
+        if extension in leg.ringing or extension == leg.target:
+            return True
+        if self._is_origin_of_outbound(leg):
+            return extension == self.extension
+        # Without Ringing events any dialled extension may report, but never one that
+        # already had its own conversation in an earlier leg.
+        return not leg.rang_users and all(extension != old.talker for old in self.legs[:-1])
 
     def _ring(self, leg: Leg, extensions: frozenset[str], policy: CallPolicy) -> list[Command]:
         leg.ringing = {ext: policy.user_for_extension(ext) for ext in sorted(extensions)}
@@ -715,8 +730,10 @@ class Call:
             if status != statuses.MISSED:
                 # A plain missed call needs no reason; a failure (busy, bad number) does.
                 failed_reason = statuses.hangup_cause_text(cause) or None
-            # Ringing stopped for everyone still shown the card.
-            commands.extend(self._sync_cards(leg, set(), policy))
+            if not self._is_origin_of_outbound(leg):
+                # Ringing stopped for everyone still shown the card. (The employee who
+                # dialled out keeps theirs, to note why nobody answered.)
+                commands.extend(self._sync_cards(leg, set(), policy))
         leg.state = LegState.FINISHED
         leg.status_code = status
         leg.duration = duration
@@ -729,7 +746,8 @@ class Call:
                 duration=duration,
                 status_code=status,
                 add_to_chat=policy.add_to_chat,
-                vote=rating.vote if rating else None,
+                # A rating describes a conversation: a missed leg gets none.
+                vote=rating.vote if rating and leg.answered else None,
                 cost=rating.cost if rating else None,
                 cost_currency=rating.cost_currency if rating else None,
                 failed_reason=failed_reason,

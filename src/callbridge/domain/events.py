@@ -275,7 +275,7 @@ _EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
-def event_to_dict(event: Event) -> dict[str, Any]:
+def event_to_dict(event: CallEvent) -> dict[str, Any]:
     """The event as a JSON-safe dict, tagged with its ``type`` (``call.started``…)."""
     data: dict[str, Any] = {"type": event.name}
     for field in fields(event):

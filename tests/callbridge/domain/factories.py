@@ -5,11 +5,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from callbridge.domain.call import Call, CallPolicy, Command
 from callbridge.domain.events import (
     Answered,
+    CallEvent,
     CallStarted,
     Direction,
     Disposition,
@@ -155,11 +156,11 @@ class Pbx:
         )
 
 
-def run(call: Call, settings: CallPolicy, events: Iterable[Event]) -> list[Command]:
+def run(call: Call, settings: CallPolicy, events: Iterable[CallEvent]) -> list[Command]:
     """Apply events in order; every command they produced."""
     commands: list[Command] = []
     for event in events:
-        commands.extend(call.apply(event, settings))
+        commands.extend(call.apply(cast(Event, event), settings))
     return commands
 
 

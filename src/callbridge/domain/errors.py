@@ -21,8 +21,8 @@ package adds its branch, grouped by what the caller should do about it::
         └── CallStateError          a stored call cannot be read back (also Permanent)
 
 ``Retryable`` and ``Permanent`` are what the job queue reads to decide a failed job's fate: it
-looks at classes, never at messages. Adapters subclass them (``crm.bitrix24.errors`` makes its
-rate-limit errors ``RetryLater`` and its bad-request errors ``Permanent``). Any other exception
+looks at classes, never at messages. Adapters subclass them (the Bitrix24 client's rate-limit
+errors are meant to be ``RetryLater``, its bad-request errors ``Permanent``). Any other exception
 a handler raises counts as transient (a bug is retried until the policy gives up, then kept as
 ``dead`` for an operator). ``retry_after`` is a number of seconds, or None for "use the backoff".
 

@@ -116,7 +116,8 @@ async def wait_drained(
             )
         if done is not None and done >= total:
             return time.perf_counter() - began
-        await asyncio.sleep(0.02)
+        # Every transaction takes the write lock on SQLite: a tight poll would slow the drain.
+        await asyncio.sleep(0.25)
     return None
 
 

@@ -14,7 +14,8 @@ the client reads tokens in its own transactions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,7 +25,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callbridge.config import Settings
-from callbridge.crm.bitrix24.api_log import ApiLog, NullApiLog
+from callbridge.crm.bitrix24.api_log import ApiLog, BufferedApiLog, NullApiLog
 from callbridge.crm.bitrix24.auth import (
     Credentials,
     Installation,
@@ -41,7 +42,7 @@ from callbridge.crm.bitrix24.auth import (
     setup_portal,
 )
 from callbridge.crm.bitrix24.client import Bitrix24Client
-from callbridge.crm.bitrix24.errors import Bitrix24Error, InvalidRequest
+from callbridge.crm.bitrix24.errors import InvalidRequest
 from callbridge.crm.bitrix24.rate_limit import (
     InMemoryRateLimiter,
     RateLimiter,
@@ -50,7 +51,11 @@ from callbridge.crm.bitrix24.rate_limit import (
 )
 from callbridge.domain.errors import CallbridgeError
 from callbridge.storage import job_queue
-from callbridge.storage.bitrix24 import DatabaseRateBudget, DatabaseTokenStore
+from callbridge.storage.bitrix24 import (
+    DatabaseApiLogWriter,
+    DatabaseRateBudget,
+    DatabaseTokenStore,
+)
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.models import (
     Bitrix24Integration,
@@ -496,13 +501,13 @@ def _bare_domain(portal: str) -> str:
     return portal.strip().rstrip("/")
 
 
-__all__ = [
-    "AuthorizationStateError",
-    "Bitrix24Error",
-    "ForgedInstallError",
-    "InstallResult",
-    "LinkCodeError",
-    "PortalError",
-    "Portals",
-    "UnknownPortalError",
-]
+@asynccontextmanager
+async def running_portals(
+    settings: Settings,
+    session_factory: async_sessionmaker[AsyncSession],
+    http: httpx.AsyncClient,
+    box: SecretBox,
+) -> AsyncIterator[Portals]:
+    """:class:`Portals` whose API log is written to ``api_calls`` in the background (lifespan)."""
+    async with BufferedApiLog(DatabaseApiLogWriter(session_factory)) as api_log:
+        yield Portals(settings, session_factory, http, box, api_log=api_log)

@@ -98,20 +98,21 @@ def effective_slowdown(slowdown: float, penalised_at: float, now: float) -> floa
 
 
 def reserve(tat: float, now: float, plan: RatePlan, slowdown: float) -> tuple[float, float]:
-    """GCRA: ``(new_tat, wait)`` for one request at ``now``."""
-    interval = plan.interval / slowdown
-    base = max(tat, now)
-    new_tat = base + interval
+    """GCRA: ``(new_tat, wait)`` for one request at ``now``.
+
+    A slowdown stretches the spacing of requests but never the burst window (``capacity``
+    plan intervals): a slower drain must not let more requests through at once.
+    """
+    new_tat = max(tat, now) + plan.interval / slowdown
     # The first ``capacity`` requests of an idle bucket go at once.
-    wait = max(0.0, new_tat - plan.capacity * interval - now)
+    wait = max(0.0, new_tat - plan.capacity * plan.interval - now)
     return new_tat, wait
 
 
 def penalise(tat: float, now: float, plan: RatePlan, slowdown: float) -> tuple[float, float]:
     """After QUERY_LIMIT_EXCEEDED: ``(new_tat, new_slowdown)`` assuming the portal's bucket full."""
     new_slowdown = max(MIN_SLOWDOWN, slowdown * SLOWDOWN_FACTOR)
-    interval = plan.interval / new_slowdown
-    return max(tat, now + plan.capacity * interval), new_slowdown
+    return max(tat, now + plan.capacity * plan.interval), new_slowdown
 
 
 class RateLimiter(Protocol):

@@ -23,32 +23,33 @@ _INSERT = text(
 )
 
 # The slowdown in force now: back to 1 linearly after the last penalty.
-_PG_SLOWDOWN = "LEAST(1.0, b.slowdown + GREATEST(0.0, c.now - b.penalised_at) * :recovery)"
+_PG_SLOWDOWN = (
+    "LEAST(1.0, b.slowdown + GREATEST(0.0, c.now - b.penalised_at) * CAST(:recovery AS float8))"
+)
 _PG_RESERVE = text(
     "WITH c AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) "
     "UPDATE bitrix24_rate_budgets AS b "
-    f"SET tat = GREATEST(b.tat, c.now) + 1.0 / (:rate * {_PG_SLOWDOWN}) "
+    f"SET tat = GREATEST(b.tat, c.now) + 1.0 / (CAST(:rate AS float8) * {_PG_SLOWDOWN}) "
     "FROM c WHERE b.key = :key "
-    f"RETURNING b.tat AS tat, c.now AS now, {_PG_SLOWDOWN} AS slowdown"
+    "RETURNING b.tat AS tat, c.now AS now"
 )
 _PG_PENALISE = text(
     "WITH c AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) "
     "UPDATE bitrix24_rate_budgets AS b "
-    f"SET slowdown = GREATEST(:floor, {_PG_SLOWDOWN} * :factor), "
+    f"SET slowdown = GREATEST(CAST(:floor AS float8), {_PG_SLOWDOWN} * CAST(:factor AS float8)), "
     "penalised_at = c.now, "
-    "tat = GREATEST(b.tat, c.now + :capacity / "
-    f"(:rate * GREATEST(:floor, {_PG_SLOWDOWN} * :factor))) "
+    "tat = GREATEST(b.tat, c.now + CAST(:capacity AS float8) / CAST(:rate AS float8)) "
     "FROM c WHERE b.key = :key RETURNING b.key"
 )
 _LITE_SLOWDOWN = "MIN(1.0, slowdown + MAX(0.0, :now - penalised_at) * :recovery)"
 _LITE_RESERVE = text(
     "UPDATE bitrix24_rate_budgets "
     f"SET tat = MAX(tat, :now) + 1.0 / (:rate * {_LITE_SLOWDOWN}) "
-    f"WHERE key = :key RETURNING tat, :now AS now, {_LITE_SLOWDOWN} AS slowdown"
+    "WHERE key = :key RETURNING tat, :now AS now"
 )
 _LITE_PENALISE = text(
     "UPDATE bitrix24_rate_budgets "
-    f"SET tat = MAX(tat, :now + :capacity / (:rate * MAX(:floor, {_LITE_SLOWDOWN} * :factor))), "
+    "SET tat = MAX(tat, :now + :capacity / :rate), "
     f"slowdown = MAX(:floor, {_LITE_SLOWDOWN} * :factor), penalised_at = :now "
     "WHERE key = :key RETURNING key"
 )
@@ -67,10 +68,9 @@ class RateBudgetRepository(Repository[Bitrix24RateBudget]):
         if row is None:
             await self.session.execute(_INSERT, {"key": key})
             row = (await self.session.execute(statement, params)).one()
-        tat, now, slowdown = float(row.tat), float(row.now), float(row.slowdown)
-        interval = 1.0 / (rate * slowdown)
-        # GCRA: the first ``capacity`` requests of an idle budget go at once.
-        return max(0.0, tat - capacity * interval - now)
+        # GCRA: the first ``capacity`` requests of an idle budget go at once; a slowdown
+        # stretches the spacing (in the UPDATE), never the burst window.
+        return max(0.0, float(row.tat) - capacity / rate - float(row.now))
 
     async def penalise(
         self, key: str, capacity: int, rate: float, factor: float, floor: float, recovery: float

@@ -105,7 +105,8 @@ class TestEvents:
 class TestCodes:
     def test_link_codes_are_typable(self) -> None:
         code = new_link_code()
-        assert len(code) == 9 and code[4] == "-"
+        assert len(code) == 9
+        assert code[4] == "-"
         assert normalise_link_code(code.lower().replace("-", " ")) == code
         assert hash_code(code) != hash_code(new_link_code())
 
@@ -152,7 +153,8 @@ class TestOAuthServer:
         }
         # ``domain`` is the OAuth server; the portal comes from client_endpoint.
         assert grant.domain == "b24-x.bitrix24.ru"
-        assert grant.access_token == "a2" and grant.refresh_token == "r2"
+        assert grant.access_token == "a2"
+        assert grant.refresh_token == "r2"
 
     async def test_invalid_grant(self) -> None:
         oauth, _ = token_server(

@@ -140,7 +140,7 @@ class TestLimits:
     async def test_query_limit_penalises_and_retries(self) -> None:
         answers = iter([fail(503, "QUERY_LIMIT_EXCEEDED"), ok(1)])
         limiter = RecordingLimiter()
-        client, seen = make(lambda r: next(answers), limiter=limiter)
+        client, _seen = make(lambda r: next(answers), limiter=limiter)
         assert await client.call("profile") == 1
         assert limiter.penalised == 1
         assert limiter.acquired == 2
@@ -238,7 +238,8 @@ class TestBatch:
         client, seen = make(batch_handler, log=log)
         commands = [("echo", {"n": i}) for i in range(1000)]
         outcome = await client.batch(commands)
-        assert len(seen) == 20 and outcome.requests == 20
+        assert len(seen) == 20
+        assert outcome.requests == 20
         assert outcome.ok
         assert outcome["999"] == {"n": "999"}
         assert {entry.batch_size for entry in log.entries} == {50}
@@ -247,7 +248,8 @@ class TestBatch:
     async def test_per_command_errors(self) -> None:
         client, _ = make(batch_handler)
         outcome = await client.batch({"a": ("echo", {"n": 1}), "b": ("fail", {}), "c": "echo?n=3"})
-        assert outcome["a"] == {"n": "1"} and outcome["c"] == {"n": "3"}
+        assert outcome["a"] == {"n": "1"}
+        assert outcome["c"] == {"n": "3"}
         assert isinstance(outcome.errors["b"], e.InvalidRequest)
         with pytest.raises(e.InvalidRequest):
             outcome["b"]
@@ -257,7 +259,8 @@ class TestBatch:
         commands = [("fail", {})] + [("echo", {"n": i}) for i in range(60)]
         outcome = await client.batch(commands, halt=True)
         assert len(seen) == 1
-        assert list(outcome.errors) == ["0"] and not outcome.results
+        assert list(outcome.errors) == ["0"]
+        assert not outcome.results
 
     async def test_references_across_chunks_are_resolved_by_us(self) -> None:
         client, seen = make(batch_handler)

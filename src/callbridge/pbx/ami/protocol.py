@@ -103,7 +103,7 @@ class Message:
             if not line:
                 continue
             key, sep, value = line.partition(": ")
-            if not sep or ":" in key:
+            if not sep or not key or ":" in key:
                 # Off the fast path: "Key:value", "Key:" or no colon at all.
                 key, sep, value = line.partition(":")
                 if not sep or not key.strip():

@@ -213,6 +213,9 @@ class AmiReplayServer:
         Hold the timeline while nobody is logged in, so events are not played to no one.
     gap
         Recorded seconds of silence between two files (scaled by ``speed``).
+    hold_at
+        Stop the timeline once this many events have been played, until :meth:`resume`
+        (tests use it to act at an exact point of a call).
     """
 
     def __init__(
@@ -228,6 +231,7 @@ class AmiReplayServer:
         originate_mode: OriginateMode = "success",
         pause_without_clients: bool = True,
         gap: float = 1.0,
+        hold_at: int | None = None,
     ) -> None:
         if speed < 0:
             raise ValueError("speed must be >= 0")
@@ -266,6 +270,9 @@ class AmiReplayServer:
         self._id_floor = 0
         self._played_before: set[Path] = set()
         self._progress = asyncio.Condition()
+        self._actions_changed = asyncio.Condition()
+        self._hold_at = hold_at
+        self._released = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -293,11 +300,10 @@ class AmiReplayServer:
                 await self._player
             self._player = None
         self.drop_connections()
-        for task in list(self._handlers):
-            task.cancel()
-        for task in list(self._handlers):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Aborted connections end their handlers; cancelling them instead makes asyncio's
+        # stream callback log the CancelledError as an error.
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=5)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -342,6 +348,21 @@ class AmiReplayServer:
         """Wait until ``count`` events have been broadcast; bound it with ``asyncio.timeout``."""
         async with self._progress:
             await self._progress.wait_for(lambda: self.played >= count)
+
+    async def wait_actions(self, action: str, count: int = 1) -> None:
+        """Wait until ``count`` actions named ``action`` have been received."""
+        lowered = action.lower()
+        async with self._actions_changed:
+            await self._actions_changed.wait_for(
+                lambda: (
+                    sum((a.get("Action") or "").lower() == lowered for a in self.actions) >= count
+                )
+            )
+
+    def resume(self, hold_at: int | None = None) -> None:
+        """Let a held timeline go on, up to ``hold_at`` events in all (None: to the end)."""
+        self._hold_at = hold_at
+        self._released.set()
 
     def live_channels(self) -> list[dict[str, str]]:
         """Channels that exist at this point of the recordings, as CoreShowChannel reports."""
@@ -397,6 +418,11 @@ class AmiReplayServer:
                 delay = due - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
+            while self._hold_at is not None and self.played >= self._hold_at:
+                self._released.clear()
+                held_at = loop.time()
+                await self._released.wait()
+                started += loop.time() - held_at
             if self.pause_without_clients and not self._clients_present.is_set():
                 paused_at = loop.time()
                 await self._clients_present.wait()
@@ -524,6 +550,8 @@ class AmiReplayServer:
     async def _handle(self, session: _Session, action: Action) -> bool:
         """Answer one action; False closes the connection."""
         self.actions.append(action)
+        async with self._actions_changed:
+            self._actions_changed.notify_all()
         name = (action.get("Action") or "").lower()
         if name == "originate":
             self.originates.append(action)

@@ -1,0 +1,157 @@
+"""The emulator and a callbridge app with the Bitrix24 router, wired to each other over ASGI.
+
+The emulator POSTs installs and events to callbridge through an ``ASGITransport``; callbridge's
+outbound client reaches the emulator (portal and OAuth server at ``http://portal.test``) the same
+way. Nothing listens on a port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.fernet import Fernet
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bitrix24_emulator.app import create_app
+from bitrix24_emulator.config import EmulatorConfig
+from bitrix24_emulator.emulator import Emulator
+from callbridge.config import Settings
+from callbridge.crm.bitrix24.api_log import MemoryApiLog
+from callbridge.portals import Portals
+from callbridge.storage.crypto import SecretBox
+from callbridge.storage.db import create_engine, create_session_factory
+from callbridge.storage.models import Bitrix24Integration
+from callbridge.storage.repositories import IntegrationRepository
+from callbridge.web.bitrix24_app import router
+
+PORTAL = "http://portal.test"
+CALLBRIDGE = "http://callbridge.test"
+CLIENT_ID = "local.callbridge.0001"
+CLIENT_SECRET = "emulator-client-secret"
+
+
+def with_state(app: ASGIApp, state: Mapping[str, Any]) -> ASGIApp:
+    """The app with a lifespan state, as a server that ran the lifespan would give it."""
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "state": dict(state)}
+        await app(scope, receive, send)
+
+    return asgi
+
+
+@dataclass
+class Harness:
+    """Both sides, plus handles to look inside."""
+
+    emulator: Emulator
+    emulator_http: httpx.AsyncClient  # to the emulator (control API too)
+    callbridge_http: httpx.AsyncClient  # to callbridge's routes
+    portals: Portals
+    session_factory: async_sessionmaker[AsyncSession]
+    box: SecretBox
+    settings: Settings
+    api_log: MemoryApiLog
+
+    async def register_app(self, **fields: Any) -> dict[str, Any]:
+        """Register callbridge as an app on the portal."""
+        body = {
+            "handler_url": f"{CALLBRIDGE}/bitrix24/install",
+            "redirect_uri": f"{CALLBRIDGE}/bitrix24/oauth/callback",
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "scopes": ["crm", "telephony", "user_basic", "im"],
+        } | fields
+        response = await self.emulator_http.post("/_emulator/apps", json=body)
+        response.raise_for_status()
+        return response.json()  # type: ignore[no-any-return]
+
+    async def install(self) -> dict[str, Any]:
+        """The admin installs the app; the emulator POSTs to callbridge."""
+        response = await self.emulator_http.post(f"/_emulator/apps/{CLIENT_ID}/install")
+        response.raise_for_status()
+        return response.json()  # type: ignore[no-any-return]
+
+    async def integration(self) -> Bitrix24Integration | None:
+        """The stored integration of the emulated portal."""
+        async with self.session_factory() as session:
+            repo = IntegrationRepository(session, self.box)
+            return await repo.by_member_id(self.emulator.portal.member_id)
+
+    async def requests(self, method: str | None = None) -> list[dict[str, Any]]:
+        """What the emulator received."""
+        params = {"limit": 10_000} | ({"method": method} if method else {})
+        response = await self.emulator_http.get("/_emulator/requests", params=params)
+        return response.json()  # type: ignore[no-any-return]
+
+
+def callbridge_settings(database_url: str, var_dir: Path, **overrides: Any) -> Settings:
+    """Settings pointing at the emulator as the OAuth server."""
+    return Settings(
+        database_url=database_url,
+        var_dir=var_dir,
+        encryption_keys=Fernet.generate_key().decode(),
+        bitrix24_client_id=CLIENT_ID,
+        bitrix24_client_secret=CLIENT_SECRET,
+        bitrix24_oauth_server_url=PORTAL,
+        public_base_url=CALLBRIDGE,
+        **overrides,
+    )
+
+
+@asynccontextmanager
+async def harness(
+    database_url: str, var_dir: Path, config: EmulatorConfig | None = None
+) -> AsyncIterator[Harness]:
+    """Start both sides on one database."""
+    settings = callbridge_settings(database_url, var_dir)
+    engine = create_engine(database_url)
+    session_factory = create_session_factory(engine)
+    box = SecretBox(settings.fernet_keys())
+    callbridge_app = FastAPI()
+    callbridge_app.include_router(router)
+    holder: dict[str, Any] = {}
+    to_callbridge = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=with_state(callbridge_app, holder)),
+        base_url=CALLBRIDGE,
+    )
+    config = config or EmulatorConfig()
+    config.base_url = config.base_url or PORTAL
+    config.domain = config.domain or "portal.test"
+    config.http_client = to_callbridge
+    emulator_app = create_app(config)
+    to_emulator = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=emulator_app), base_url=PORTAL
+    )
+    api_log = MemoryApiLog()
+    portals = Portals(settings, session_factory, to_emulator, box, api_log=api_log)
+    holder.update(
+        settings=settings,
+        session_factory=session_factory,
+        http_client=to_emulator,
+        secret_box=box,
+        bitrix24_portals=portals,
+    )
+    try:
+        yield Harness(
+            emulator_app.state.emulator,
+            to_emulator,
+            to_callbridge,
+            portals,
+            session_factory,
+            box,
+            settings,
+            api_log,
+        )
+    finally:
+        await to_callbridge.aclose()
+        await to_emulator.aclose()
+        await engine.dispose()

@@ -48,14 +48,15 @@ def policy(**overrides: object) -> CallPolicy:
 class Pbx:
     """Builds one call's events; ``at`` is seconds after T0, event ids are unique."""
 
-    def __init__(self, call_id: str = CALL_ID) -> None:
+    def __init__(self, call_id: str = CALL_ID, *, namespace: str = "e") -> None:
         self.call_id = call_id
+        self.namespace = namespace
         self._ids = itertools.count(1)
 
     def _base(self, at: float) -> dict[str, object]:
         return {
             "call_id": self.call_id,
-            "event_id": f"{self.call_id}/e{next(self._ids)}",
+            "event_id": f"{self.call_id}/{self.namespace}{next(self._ids)}",
             "timestamp": T0 + timedelta(seconds=at),
         }
 

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bitrix24_emulator.app import create_app
 from bitrix24_emulator.config import EmulatorConfig
 from bitrix24_emulator.emulator import Emulator
+from bitrix24_emulator.limits import LeakyBucket, RateLimiter
 from callbridge.config import Settings
 from callbridge.crm.bitrix24.api_log import MemoryApiLog
 from callbridge.portals import Portals
@@ -155,3 +156,19 @@ async def harness(
         await to_callbridge.aclose()
         await to_emulator.aclose()
         await engine.dispose()
+
+
+class ScaledRateLimiter(RateLimiter):
+    """The emulator's leaky bucket with any size and drain (the plans are fixed to 50/2, 250/5)."""
+
+    def __init__(self, capacity: int, rate: float) -> None:
+        super().__init__("standard")
+        self.capacity = capacity
+        self.drain = rate
+
+    def allow(self, key: str, now: float) -> bool:
+        """Count a request in a bucket of our size."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = LeakyBucket(self.capacity, self.drain)
+        return bucket.try_acquire(now)

@@ -401,7 +401,12 @@ class Call:
         self.phone_number = number.key or policy.anonymous_number
         inbound = event.direction is Direction.INBOUND
         if inbound:
-            user = policy.responsible_user_id or policy.default_user_id
+            # Nobody rings yet: the registration is the responsible's until someone answers.
+            user = (
+                policy.responsible_user_id
+                if policy.responsible_user_id is not None
+                else policy.default_user_id
+            )
         else:
             user = policy.user_for_extension(event.extension)
         if event.callback and not inbound:
@@ -502,11 +507,10 @@ class Call:
             assert event.to_number is not None
             target = normalize(event.to_number, policy.phone_rules).key or event.to_number
             # An outside number that is no employee's: the transferring employee keeps it.
-            user = (
-                policy.user_for_number(event.to_number)
-                or leg.talker_user
-                or policy.user_for_extension(event.from_extension)
-            )
+            owner = policy.user_for_number(event.to_number)
+            if owner is None:
+                owner = leg.talker_user
+            user = owner if owner is not None else policy.user_for_extension(event.from_extension)
         if target == leg.talker:
             return []  # already handed over (a takeover was reported first)
         commands = self._close_for_next_leg(leg, event.timestamp, policy)

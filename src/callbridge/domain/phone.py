@@ -75,7 +75,11 @@ DEFAULT_RULES = PhoneRules()
 
 @dataclass(frozen=True, slots=True)
 class PhoneNumber:
-    """A dialled string read as an external number, an extension, or neither."""
+    """A dialled string read as an external number, an extension, or neither.
+
+    ``raw`` is the string as received, ``digits`` all its ASCII digits (prefixes included),
+    ``e164`` the international form when the number is external.
+    """
 
     raw: str
     digits: str

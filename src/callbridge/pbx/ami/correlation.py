@@ -46,6 +46,9 @@ class Correlator:
 
     def __init__(self) -> None:
         self._pending: dict[str, _Pending] = {}
+        # List actions whose events are arriving; while none are, events skip the ActionID
+        # lookup (which would make a lazily parsed event parse all its headers).
+        self._collecting = 0
         self.unmatched = 0
 
     def __len__(self) -> int:
@@ -64,7 +67,11 @@ class Correlator:
     def discard(self, action_id: str) -> None:
         """Stop waiting for ``action_id`` (timed out or cancelled); a late answer is dropped."""
         pending = self._pending.pop(action_id, None)
-        if pending is not None and not pending.future.done():
+        if pending is None:
+            return
+        if pending.collect and pending.response is not None:
+            self._collecting -= 1
+        if not pending.future.done():
             pending.future.cancel()
 
     def feed(self, message: Message) -> Event | None:
@@ -74,12 +81,15 @@ class Correlator:
             return None
         if not isinstance(message, Event):
             return None
+        if not self._collecting:
+            return message
         action_id = message.action_id
         if action_id is not None:
             pending = self._pending.get(action_id)
             if pending is not None and pending.collect and pending.response is not None:
                 if message.event_list == "complete" or message.name.endswith("Complete"):
                     del self._pending[action_id]
+                    self._collecting -= 1
                     _resolve(pending.future, ActionResult(pending.response, tuple(pending.events)))
                 else:
                     pending.events.append(message)
@@ -95,6 +105,7 @@ class Correlator:
         if pending.collect and response.success:
             # The list's events follow; resolve on the "...Complete" event.
             pending.response = response
+            self._collecting += 1
             return
         del self._pending[action_id]
         _resolve(pending.future, ActionResult(response))
@@ -102,6 +113,7 @@ class Correlator:
     def fail_all(self, error: Callable[[str, str], BaseException]) -> int:
         """Fail every pending action with ``error(action, action_id)``; return how many."""
         pending, self._pending = self._pending, {}
+        self._collecting = 0
         for action_id, item in pending.items():
             if not item.future.done():
                 item.future.set_exception(error(item.action, action_id))

@@ -37,7 +37,9 @@ _END_COMMAND: Final = b"--END COMMAND--"
 # "\r" before is eaten too so the block's last line comes out clean.
 _SEPARATOR: Final = re.compile(r"\r?\n\r?\n")
 _BYTES_SEPARATOR: Final = re.compile(rb"\r?\n\r?\n")
-_FOLLOWS: Final = re.compile(rb"(?im)^[ \t]*response:[ \t]*follows")
+_FOLLOWS: Final = re.compile(rb"(?m)^[ \t]*Response:[ \t]*Follows")
+_FOLLOWS_TEXT: Final = re.compile(r"[ \t]*Response:[ \t]*Follows")
+_FOLLOWS_BYTES: Final = re.compile(rb"[ \t]*Response:[ \t]*Follows")
 # The banner is one short line; anything longer without a newline is not a banner.
 _MAX_BANNER: Final = 256
 _FOLLOWS_HEADERS: Final = frozenset({"response", "privilege", "actionid", "message"})
@@ -63,7 +65,15 @@ class Message:
     every value and :meth:`to_dict` turns repeated keys into lists.
     """
 
-    __slots__ = ("_index_cache", "_items", "_output", "_unparsed", "received_at")
+    __slots__ = (
+        "_index_cache",
+        "_items_cache",
+        "_name_cache",
+        "_output",
+        "_text",
+        "_unparsed_cache",
+        "received_at",
+    )
 
     def __init__(
         self,
@@ -72,9 +82,11 @@ class Message:
         unparsed: Sequence[str] = (),
         output: Sequence[str] = (),
     ) -> None:
-        self._items: tuple[tuple[str, str], ...] = tuple(items)
+        self._items_cache: tuple[tuple[str, str], ...] | None = tuple(items)
         self._index_cache: dict[str, str] | None = None
-        self._unparsed = tuple(unparsed)
+        self._unparsed_cache: tuple[str, ...] = tuple(unparsed)
+        self._text: str | None = None
+        self._name_cache: str | None = None
         self._output = tuple(output)
         #: Wall-clock time (epoch seconds) the client read this message; None when not read
         #: from a connection.
@@ -92,29 +104,25 @@ class Message:
         text = block.decode("utf-8", "replace") if isinstance(block, bytes) else block
         if "\r" in text:
             text = text.replace("\r\n", "\n")
-            if text.endswith("\r"):
-                text = text[:-1]
-        head = text.lstrip("\n")[:20].lower()
-        if head.startswith("response:") and head[9:].lstrip(" ").startswith("follows"):
-            return _from_follows_block(text)
-        items: list[tuple[str, str]] = []
-        unparsed: list[str] = []
-        for line in text.split("\n"):
-            if not line:
-                continue
-            key, sep, value = line.partition(": ")
-            if not sep or not key or ":" in key:
-                # Off the fast path: "Key:value", "Key:" or no colon at all.
-                key, sep, value = line.partition(":")
-                if not sep or not key.strip():
-                    unparsed.append(line)
-                    continue
-                if value.startswith(" "):
-                    value = value[1:]
-            items.append((key, value))
-        return _build(items, unparsed, ())
+        return _from_normalized(text)
 
     # -- access -------------------------------------------------------------------------------
+
+    @property
+    def _items(self) -> tuple[tuple[str, str], ...]:
+        items = self._items_cache
+        if items is None:
+            assert self._text is not None
+            parsed, unparsed = _parse_lines(self._text)
+            items = self._items_cache = tuple(parsed)
+            self._unparsed_cache = tuple(unparsed)
+        return items
+
+    @property
+    def _unparsed(self) -> tuple[str, ...]:
+        if self._items_cache is None:
+            self._items  # noqa: B018  (parses the block)
+        return self._unparsed_cache
 
     @property
     def _index(self) -> dict[str, str]:
@@ -163,6 +171,13 @@ class Message:
     @property
     def name(self) -> str:
         """The event name or the response status (``Success``, ``Error``...); empty if neither."""
+        text = self._text
+        if text is not None:
+            # A lazily parsed event: its first line is "Event: <name>".
+            newline = text.find("\n")
+            first_line = _parse_line(text if newline < 0 else text[:newline])
+            assert first_line is not None
+            return first_line[1]
         items = self._items
         if items:
             first = items[0][0].lower()
@@ -301,6 +316,30 @@ class Response(Message):
         return self._index.get("eventlist", "").lower() == "start"
 
 
+def _from_normalized(text: str) -> Message:
+    """A block whose CRLFs are already LFs (done once per read by the framer)."""
+    if text.endswith("\r"):
+        text = text[:-1]
+    text = text.lstrip("\n")
+    newline = text.find("\n")
+    first = _parse_line(text if newline < 0 else text[:newline])
+    if first is not None and first[0].lower() == "event":
+        # Most blocks are events and many are dropped by name: parse the rest on demand.
+        event = Event.__new__(Event)
+        event._text = text
+        event._name_cache = first[1]
+        event._items_cache = None
+        event._unparsed_cache = ()
+        event._index_cache = None
+        event._output = ()
+        event.received_at = None
+        return event
+    if _FOLLOWS_TEXT.match(text):
+        return _from_follows_block(text)
+    items, unparsed = _parse_lines(text)
+    return _build(items, unparsed, ())
+
+
 def _build(items: list[tuple[str, str]], unparsed: Sequence[str], output: Sequence[str]) -> Message:
     # Asterisk puts Event/Response first: classify from it and build the index lazily, so
     # events a consumer drops by name cost no dict.
@@ -321,12 +360,44 @@ def _build(items: list[tuple[str, str]], unparsed: Sequence[str], output: Sequen
         else:
             message_cls = Message
     message = message_cls.__new__(message_cls)
-    message._items = tuple(items)
+    message._items_cache = tuple(items)
     message._index_cache = index
-    message._unparsed = tuple(unparsed)
+    message._unparsed_cache = tuple(unparsed)
+    message._text = None
+    message._name_cache = None
     message._output = tuple(output)
     message.received_at = None
     return message
+
+
+def _parse_line(line: str) -> tuple[str, str] | None:
+    """``Key: Value`` (or ``Key:Value``) as a pair; None for a line without a key."""
+    key, sep, value = line.partition(": ")
+    if not sep or not key or ":" in key:
+        # Off the fast path: "Key:value", "Key:" or no colon at all.
+        key, sep, value = line.partition(":")
+        if not sep or not key.strip():
+            return None
+        if value.startswith(" "):
+            value = value[1:]
+    return key, value
+
+
+def _parse_lines(text: str) -> tuple[list[tuple[str, str]], list[str]]:
+    items: list[tuple[str, str]] = []
+    unparsed: list[str] = []
+    for line in text.split("\n"):
+        if not line:
+            continue
+        key, sep, value = line.partition(": ")
+        if not sep or not key or ":" in key:
+            pair = _parse_line(line)
+            if pair is None:
+                unparsed.append(line)
+                continue
+            key, value = pair
+        items.append((key, value))
+    return items, unparsed
 
 
 def _make_index(items: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -414,13 +485,13 @@ class AmiParser:
             self._after_feed()
             return []
         complete = bytes(buffer[: buffer.find(b"\n", last + 1) + 1])
-        if self._discarding or _FOLLOWS.search(complete):
+        if self._discarding or (b"Follows" in complete and _FOLLOWS.search(complete)):
             return self._feed_slow()
         del buffer[: len(complete)]
         self._after_feed()
         messages: list[Message] = []
-        for block in _SEPARATOR.split(complete.decode("utf-8", "replace")):
-            message = Message.from_block(block)
+        for block in _split_blocks(complete.decode("utf-8", "replace")):
+            message = _from_normalized(block)
             if isinstance(message, Event | Response | Action):
                 messages.append(message)
             elif block.strip():
@@ -493,8 +564,17 @@ class AmiParser:
 
 
 def _starts_follows(buffer: bytearray, start: int) -> bool:
-    head = bytes(buffer[start : start + 40]).lstrip(b"\r\n").lower()
-    return head.startswith(b"response:") and head[9:].lstrip(b" ").startswith(b"follows")
+    # The same test Message.from_block applies to the decoded block.
+    head = bytes(buffer[start : start + 256]).replace(b"\r\n", b"\n").lstrip(b"\n")
+    return _FOLLOWS_BYTES.match(head) is not None
+
+
+def _split_blocks(text: str) -> list[str]:
+    # Same messages as splitting on \r?\n\r?\n and normalising each block, done in two
+    # C-speed passes over the whole read; the blocks come back with LF line ends.
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    return text.split("\n\n")
 
 
 def parse_stream(data: bytes, *, expect_banner: bool = True) -> list[Message]:

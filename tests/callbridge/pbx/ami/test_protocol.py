@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -325,3 +326,29 @@ class TestFuzz:
             messages += parser.feed(data[position : position + chunk])
 
         assert messages == [original] * 3
+
+
+class TestFastFraming:
+    @settings(max_examples=300, deadline=1000)
+    @given(
+        st.lists(
+            st.sampled_from([*"\r\n:x ", "\r\n", "A: 1", "Event: X", "Response: Y"]), max_size=80
+        )
+    )
+    def test_same_messages_as_splitting_on_the_regex(self, pieces: list[str]) -> None:
+        text = "".join(pieces) + "\r\n\r\n"
+
+        parsed = AmiParser(expect_banner=False).feed(text.encode())
+        blocks = re.split(r"\r?\n\r?\n", text)
+        reference = [Message.from_block(b) for b in blocks]
+
+        assert parsed == [m for m in reference if isinstance(m, Event | Response | Action)]
+
+    def test_lazy_events_equal_eager_ones(self) -> None:
+        lazy = Message.from_block(b"Event: X\r\nA: 1\r\nbad\r\nB:2")
+        eager = Event([("Event", "X"), ("A", "1"), ("B", "2")], unparsed=["bad"])
+
+        assert lazy.name == "X"
+        assert lazy == eager
+        assert hash(lazy) == hash(eager)
+        assert lazy.unparsed == ("bad",)

@@ -1,0 +1,210 @@
+"""The replay server: recorded timing, Timestamp headers, loops, Originate, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from callbridge.cli.ami import _parse_users, ami_replay_command
+from callbridge.pbx.ami.client import AmiClient
+from callbridge.pbx.ami.protocol import Event
+from callbridge.pbx.ami.replay import Recording
+from tests.callbridge.pbx.ami.conftest import ClientFactory, ServerFactory, stream
+
+TIMEOUT = 10
+
+
+async def _collect(client: AmiClient, count: int) -> list[Event]:
+    events: list[Event] = []
+    async with asyncio.timeout(TIMEOUT):
+        async for event in client:
+            events.append(event)
+            if len(events) == count:
+                break
+    return events
+
+
+class TestRecording:
+    def test_load_keeps_the_pbx_events_with_their_timing(self) -> None:
+        recording = Recording.load(stream("a_inbound_answered"))
+
+        assert recording.banner == "Asterisk Call Manager/11.0.0"
+        assert len(recording.messages) == 99
+        assert len(recording.events) == 95
+        first = recording.events[0]
+        assert first.message.name == "CEL"
+        assert (first.offset, first.epoch) == (1.016, 1795708539.314)
+        assert recording.duration == pytest.approx(7.045 - 1.016)
+
+
+class TestTimestamps:
+    async def test_recorded_timing_becomes_timestamp_headers(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        recording = Recording.load(stream("a_inbound_answered"))
+        server = await replay_server(recording.path, add_timestamps=True)
+        client = ami_client(server)
+        await client.connect()
+
+        events = await _collect(client, len(recording.events))
+
+        assert [e.timestamp for e in events] == [pytest.approx(r.epoch) for r in recording.events]
+        assert events[0].keys()[:3] == ["Event", "Privilege", "Timestamp"]
+        newchannel = next(e for e in events if e.name == "Newchannel")
+        hangup = [e for e in events if e.name == "Hangup"][-1]
+        assert hangup.timestamp is not None
+        assert newchannel.timestamp is not None
+        # The call lasted ~6 s in the recording, whatever the replay speed.
+        assert hangup.timestamp - newchannel.timestamp == pytest.approx(6.0, abs=0.1)
+
+    async def test_recorded_timestamps_are_kept(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        recording = Recording.load(stream("a2_inbound_answered_timestamps"))
+        server = await replay_server(recording.path, add_timestamps=True)
+        client = ami_client(server)
+        await client.connect()
+
+        events = await _collect(client, len(recording.events))
+
+        assert [e.get("Timestamp") for e in events] == [
+            r.message.get("Timestamp") for r in recording.events
+        ]
+
+
+class TestPlayback:
+    async def test_speed_scales_the_recorded_timing(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        recording = Recording.load(stream("a_inbound_answered"))
+        server = await replay_server(recording.path, speed=20)
+        client = ami_client(server)
+        await client.connect()
+
+        started = time.monotonic()
+        await _collect(client, len(recording.events))
+        elapsed = time.monotonic() - started
+
+        assert recording.duration / 20 * 0.9 <= elapsed < recording.duration / 20 + 2
+
+    async def test_each_loop_is_a_new_call(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        recording = Recording.load(stream("b_inbound_noanswer"))
+        count = len(recording.events)
+        server = await replay_server(recording.path, loop=True, hold_at=3 * count)
+        client = ami_client(server)
+        await client.connect()
+
+        events = await _collect(client, 3 * count)
+
+        passes = [events[i * count : (i + 1) * count] for i in range(3)]
+        assert [e.name for e in passes[2]] == [r.message.name for r in recording.events]
+        linkedids = [{e["Linkedid"] for e in p if "Linkedid" in e} for p in passes]
+        recorded = next(r.message for r in recording.events if r.message.name == "Newchannel")
+        assert linkedids[0] == {recorded["Linkedid"]}
+        assert all(len(ids) == 1 for ids in linkedids)
+        seconds = [float(next(iter(ids))) for ids in linkedids]
+        assert seconds[0] < seconds[1] < seconds[2]
+        assert seconds[1] - seconds[0] >= recording.duration
+
+    async def test_rebase_moves_ids_and_times_to_now(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        recording = Recording.load(stream("a_inbound_answered"))
+        server = await replay_server(recording.path, add_timestamps=True, rebase=True)
+        client = ami_client(server)
+        await client.connect()
+
+        events = await _collect(client, len(recording.events))
+
+        newchannel = next(e for e in events if e.name == "Newchannel")
+        assert newchannel.timestamp == pytest.approx(time.time(), abs=60)
+        uniqueid_seconds = float(newchannel["Uniqueid"].split(".")[0])
+        assert uniqueid_seconds == pytest.approx(newchannel.timestamp, abs=2)
+
+    async def test_every_client_sees_the_same_timeline(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        recording = Recording.load(stream("k_outbound_from_phone"))
+        server = await replay_server(recording.path, hold_at=0)
+        first, second = ami_client(server), ami_client(server)
+        await first.connect()
+        await second.connect()
+        server.resume()
+
+        one, two = await asyncio.gather(
+            _collect(first, len(recording.events)), _collect(second, len(recording.events))
+        )
+
+        assert one == two
+        assert server.played == len(recording.events)
+
+
+class TestOriginate:
+    async def test_originate_plays_its_recording_with_our_action_id_and_variables(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        recording = Recording.load(stream("h_click2call_outbound"))
+        server = await replay_server(originate_file=recording.path)
+        client = ami_client(server)
+        await client.connect()
+
+        response = await client.send_action(
+            "Originate",
+            Channel="PJSIP/101",
+            Context="from-internal",
+            Exten="+74957654321",
+            Priority="1",
+            Async="true",
+            Variable=["CALLBRIDGE_CALL_ID=externalCall.42", "OTHER=x"],
+        )
+        events = await _collect(client, len(recording.events) + 2)
+
+        assert response.message == "Originate successfully queued"
+        originate = next(e for e in events if e.name == "OriginateResponse")
+        assert originate.action_id == response.action_id
+        varsets = {e["Variable"]: e for e in events if e.name == "VarSet"}
+        injected = varsets["CALLBRIDGE_CALL_ID"]
+        assert injected["Value"] == "externalCall.42"
+        assert injected["Channel"].startswith("PJSIP/101-")
+        assert injected["Uniqueid"] == originate["Uniqueid"]
+        assert varsets["OTHER"]["Value"] == "x"
+        assert len(server.originates) == 1
+
+    async def test_refused_originate(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        server = await replay_server(originate_mode="failure")
+        client = ami_client(server)
+        await client.connect()
+
+        response = await client.send_action("Originate", Channel="PJSIP/101", check=False)
+
+        assert not response.success
+        assert response.message == "Originate failed"
+
+
+class TestCli:
+    def test_users_parse(self) -> None:
+        assert _parse_users(["crm:s:e:c", "ctl:"]) == {"crm": "s:e:c", "ctl": ""}
+        with pytest.raises(typer.BadParameter):
+            _parse_users(["nosecret"])
+
+    def test_help_and_missing_file(self) -> None:
+        app = typer.Typer()
+        app.command("noop")(lambda: None)
+        app.add_typer(ami_replay_command, name="ami-replay")
+        runner = CliRunner()
+
+        shown = runner.invoke(app, ["ami-replay", "--help"])
+        missing = runner.invoke(app, ["ami-replay", "/nonexistent.ami", "--port", "0"])
+
+        assert shown.exit_code == 0
+        assert "--speed" in shown.output
+        assert "--loop" in shown.output
+        assert missing.exit_code == 2

@@ -240,6 +240,7 @@ class AmiClient:
         self._supervisor: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._closing = False
+        self._first: asyncio.Future[None] | None = None
         #: Times the client logged in again after losing a connection.
         self.reconnects = 0
         #: Events dropped because the consumer fell behind by ``max_queued_events``.
@@ -299,6 +300,7 @@ class AmiClient:
         if self._state == "closed":
             raise RuntimeError("a closed AmiClient cannot connect again")
         first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._first = first
         self._supervisor = asyncio.create_task(
             self._supervise(first, retry=retry), name=f"ami-{self.address}"
         )
@@ -306,7 +308,8 @@ class AmiClient:
             await first
         except BaseException:
             await self._stop_supervisor()
-            self._state = "idle"
+            if not self._closing:
+                self._state = "idle"
             raise
 
     async def close(self) -> None:
@@ -335,8 +338,14 @@ class AmiClient:
         self._supervisor = None
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # wait() rather than await: the task's CancelledError is not ours to raise.
+            await asyncio.wait([task])
+        first = self._first
+        if first is not None and not first.done():
+            # close() while connect() waits: connect() must not wait forever.
+            first.set_exception(
+                AmiNotConnected(f"the AMI client for {self.address} was closed while connecting")
+            )
 
     # -- events -------------------------------------------------------------------------------
 
@@ -468,6 +477,14 @@ class AmiClient:
     # -- the connection -----------------------------------------------------------------------
 
     async def _supervise(self, first: asyncio.Future[None], *, retry: bool) -> None:
+        try:
+            await self._connect_forever(first, retry=retry)
+        except Exception as err:
+            # A bug must not leave the listener waiting on a dead client: end its stream.
+            logger.exception("ami.client_crashed", pbx=self.address)
+            self._fail(first, AmiError(f"the AMI client for {self.address} failed: {err!r}"))
+
+    async def _connect_forever(self, first: asyncio.Future[None], *, retry: bool) -> None:
         attempts = 0  # drives the backoff; reset once a connection proves stable
         tries = 0  # connection attempts since the last login, for the Reconnected marker
         down_since: float | None = None

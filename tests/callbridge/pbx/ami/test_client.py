@@ -453,3 +453,41 @@ class TestBackoff:
 
         assert all(3.2 <= d <= 4.8 for d in delays)
         assert len(set(delays)) > 1
+
+
+class TestClose:
+    async def test_close_while_connecting_ends_connect(
+        self, replay_server: ServerFactory, ami_client: ClientFactory, fast_sleep: RecordingSleep
+    ) -> None:
+        server = await replay_server()
+        port = server.port
+        await server.close()
+        fast_sleep.gate = asyncio.Event()
+        client = ami_client(port)
+        connecting = asyncio.create_task(client.connect(retry=True))
+        async with asyncio.timeout(TIMEOUT):
+            await fast_sleep.called.wait()
+
+        await client.close()
+
+        with pytest.raises(AmiNotConnected, match="closed while connecting"):
+            async with asyncio.timeout(TIMEOUT):
+                await connecting
+        assert client.state == "closed"
+
+    async def test_close_logs_off_and_ends_the_event_stream(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        server = await replay_server()
+        client = ami_client(server)
+        await client.connect()
+
+        await client.close()
+        await client.close()
+
+        assert [a["Action"] for a in server.actions][-1] == "Logoff"
+        assert [e async for e in client] == []
+        with pytest.raises(AmiNotConnected):
+            await client.send_action("Ping")
+        with pytest.raises(RuntimeError, match="closed"):
+            await client.connect()

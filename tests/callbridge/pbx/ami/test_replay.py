@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 import typer
@@ -208,3 +209,47 @@ class TestCli:
         assert "--speed" in shown.output
         assert "--loop" in shown.output
         assert missing.exit_code == 2
+
+
+class TestSessions:
+    async def test_event_mask_selects_event_classes(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        recording = Recording.load(stream("a_inbound_answered"))
+        wanted = [
+            r.message
+            for r in recording.events
+            if {"call", "cdr"} & set(r.message["Privilege"].split(","))
+        ]
+        server = await replay_server(recording.path)
+        client = ami_client(server, events=["call", "cdr"])
+        await client.connect()
+
+        events = await _collect(client, len(wanted))
+
+        assert events == wanted
+        assert not any(e.name in ("VarSet", "Newexten") for e in events)
+        assert server.actions[-1]["EventMask"] == "call,cdr"
+
+    async def test_actions_before_login_are_refused(self, replay_server: ServerFactory) -> None:
+        server = await replay_server()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            banner = await reader.readline()
+            writer.write(b"Action: Ping\r\nActionID: 1\r\n\r\n")
+            answer = await reader.readuntil(b"\r\n\r\n")
+        finally:
+            writer.close()
+
+        assert banner == b"Asterisk Call Manager/11.0.0\r\n"
+        assert b"Response: Error\r\nActionID: 1\r\nMessage: Authentication Required" in answer
+
+    def test_a_recording_without_timing_plays_without_waits(self, tmp_path: Path) -> None:
+        copy = tmp_path / "untimed.ami"
+        copy.write_bytes(stream("b_inbound_noanswer").read_bytes())
+
+        recording = Recording.load(copy)
+
+        assert len(recording.events) == 49
+        assert recording.duration == 0
+        assert recording.start_epoch is None

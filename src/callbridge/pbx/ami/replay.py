@@ -401,8 +401,8 @@ class AmiReplayServer:
             play = await self._queue.get()
             self.finished.clear()
             await self._play(play, loop)
-            if self.gap and self.speed:
-                await asyncio.sleep(self.gap / self.speed)
+            # Even at speed 0 with --loop, let clients and new connections in between files.
+            await asyncio.sleep(self.gap / self.speed if self.gap and self.speed else 0)
 
     async def _play(self, play: _Play, loop: asyncio.AbstractEventLoop) -> None:
         events = play.recording.events
@@ -412,12 +412,15 @@ class AmiReplayServer:
         first_offset = events[0].offset
         started = loop.time()
         inject = list(play.variables)
-        for recorded in events:
+        for number, recorded in enumerate(events, 1):
             if self.speed:
                 due = started + (recorded.offset - first_offset) / self.speed
                 delay = due - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
+            elif number % 64 == 0:
+                # At speed 0 nothing else would wait: give the readers a turn now and then.
+                await asyncio.sleep(0)
             while self._hold_at is not None and self.played >= self._hold_at:
                 self._released.clear()
                 held_at = loop.time()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from callbridge.cli.ami import _parse_users, ami_replay_command
-from callbridge.pbx.ami.client import AmiClient
+from callbridge.pbx.ami.client import AmiClient, Backoff
 from callbridge.pbx.ami.protocol import Event
 from callbridge.pbx.ami.replay import Recording
 from tests.callbridge.pbx.ami.conftest import ClientFactory, ServerFactory, stream
@@ -253,3 +256,45 @@ class TestSessions:
         assert len(recording.events) == 49
         assert recording.duration == 0
         assert recording.start_epoch is None
+
+
+class TestCommand:
+    async def test_ami_replay_serves_a_real_client_and_stops_on_sigterm(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        recording = Recording.load(stream("k_outbound_from_phone"))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from callbridge.cli.ami import ami_replay_command; ami_replay_command()",
+            str(recording.path),
+            "--port",
+            str(port),
+            "--speed",
+            "0",
+            "--timestamps",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        client = AmiClient(
+            "127.0.0.1",
+            port,
+            "crm",
+            "crm-secret",
+            ping_interval=None,
+            backoff=Backoff(initial=0.05, maximum=0.2, jitter=0),
+        )
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await client.connect(retry=True)
+            events = await _collect(client, len(recording.events))
+        finally:
+            await client.close()
+            process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(TIMEOUT):
+                _, stderr = await process.communicate()
+
+        assert [e.name for e in events] == [r.message.name for r in recording.events]
+        assert all(e.timestamp is not None for e in events)
+        assert process.returncode == 0, stderr.decode()

@@ -572,7 +572,14 @@ class AmiClient:
         reader_task: asyncio.Task[str] | None = None
         try:
             async with asyncio.timeout(self.connect_timeout):
-                banner = await reader.readline()
+                try:
+                    banner = await reader.readline()
+                except ValueError:
+                    # A first line longer than the stream limit: certainly not a banner.
+                    banner = b"(a line too long to be a banner)"
+            if not banner:
+                # Closed before saying anything: a restarting or overloaded PBX, try again.
+                raise AmiConnectError(f"the AMI at {self.address} closed the connection at once")
             if not banner.startswith(BANNER_PREFIX):
                 raise AmiProtocolError(
                     f"{self.address} is not an Asterisk Manager Interface "

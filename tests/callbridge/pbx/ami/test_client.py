@@ -491,3 +491,26 @@ class TestClose:
             await client.send_action("Ping")
         with pytest.raises(RuntimeError, match="closed"):
             await client.connect()
+
+
+class TestPeers:
+    @pytest.mark.parametrize(
+        ("greeting", "error"),
+        [(b"", AmiConnectError), (b"x" * 70000, AmiProtocolError)],
+        ids=["closes-at-once", "endless-line"],
+    )
+    async def test_greetings_that_are_not_a_banner(
+        self, ami_client: ClientFactory, greeting: bytes, error: type[Exception]
+    ) -> None:
+        async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(greeting)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        try:
+            with pytest.raises(error):
+                await ami_client(server.sockets[0].getsockname()[1]).connect()
+        finally:
+            server.close()
+            await server.wait_closed()

@@ -31,10 +31,16 @@ RECOVERY_SECONDS = 30.0  # from the minimum back to the full rate
 
 @dataclass(frozen=True)
 class Headroom:
-    """How far under the portal's plan we aim: fewer burst slots and a slower drain."""
+    """How far under the portal's plan we aim: a smaller burst and a slower drain.
 
-    burst_slots: int = 2
-    rate_factor: float = 0.97
+    Requests reserved in order by several processes reach the portal a few milliseconds apart
+    from their slots, sometimes bunched; a 10 % smaller burst absorbs a bunch of 5 on the
+    standard plan, and a 5 % slower drain empties the portal's bucket over time. A run of
+    1,000 calls then takes about 5 % longer than the plan's minimum.
+    """
+
+    burst_fraction: float = 0.1
+    rate_factor: float = 0.95
 
 
 HEADROOM = Headroom()
@@ -61,9 +67,8 @@ class RatePlan:
 
     def client_side(self, headroom: Headroom = HEADROOM) -> RatePlan:
         """The plan we aim for: slightly under the portal's."""
-        return RatePlan(
-            max(1, self.capacity - headroom.burst_slots), self.rate * headroom.rate_factor
-        )
+        spare = round(self.capacity * headroom.burst_fraction)
+        return RatePlan(max(1, self.capacity - spare), self.rate * headroom.rate_factor)
 
     @property
     def interval(self) -> float:

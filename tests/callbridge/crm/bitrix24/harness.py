@@ -96,16 +96,16 @@ class Harness:
 
 def callbridge_settings(database_url: str, var_dir: Path, **overrides: Any) -> Settings:
     """Settings pointing at the emulator as the OAuth server."""
-    return Settings(
-        database_url=database_url,
-        var_dir=var_dir,
-        encryption_keys=Fernet.generate_key().decode(),
-        bitrix24_client_id=CLIENT_ID,
-        bitrix24_client_secret=CLIENT_SECRET,
-        bitrix24_oauth_server_url=PORTAL,
-        public_base_url=CALLBRIDGE,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "var_dir": var_dir,
+        "encryption_keys": Fernet.generate_key().decode(),
+        "bitrix24_client_id": CLIENT_ID,
+        "bitrix24_client_secret": CLIENT_SECRET,
+        "bitrix24_oauth_server_url": PORTAL,
+        "public_base_url": CALLBRIDGE,
+    }
+    return Settings(**(values | overrides))
 
 
 @asynccontextmanager

@@ -21,7 +21,7 @@ from callbridge.crm.bitrix24.rate_limit import (
 from callbridge.storage.bitrix24 import DatabaseRateBudget
 from callbridge.storage.db import create_session_factory
 
-EXACT = Headroom(burst_slots=0, rate_factor=1.0)
+EXACT = Headroom(burst_fraction=0.0, rate_factor=1.0)
 
 
 class FakeClock:
@@ -49,7 +49,8 @@ class TestRatePlan:
             RatePlan.from_settings({"rate_plan": "gold"})
 
     def test_client_side_aims_lower(self) -> None:
-        assert PLANS["standard"].client_side() == RatePlan(48, 2.0 * 0.97)
+        assert PLANS["standard"].client_side() == RatePlan(45, 2.0 * 0.95)
+        assert PLANS["enterprise"].client_side() == RatePlan(225, 5.0 * 0.95)
 
 
 class TestGcra:

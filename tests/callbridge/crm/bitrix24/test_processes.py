@@ -116,6 +116,7 @@ async def install(
         domain=emulator.url.split("//")[1],
         client_endpoint=f"{emulator.url}/rest/",
         application_token=installed["app"]["application_token"],
+        scope=",".join(installed["app"]["scopes"]),
     )
     cb_settings = callbridge_settings(database_url, tmp_path, encryption_keys=key)
     engine = create_engine(database_url)

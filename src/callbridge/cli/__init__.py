@@ -27,6 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from typer.core import TyperGroup
 
 from callbridge import __version__
+from callbridge.cli.ami import ami_replay_command
+from callbridge.cli.emulator import emulator_command
 from callbridge.cli.jobs import jobs_app
 from callbridge.config import ENV_PREFIX, Settings, load_settings
 from callbridge.domain.errors import CallbridgeError, ConfigurationError, StorageError
@@ -106,6 +108,12 @@ config_app = typer.Typer(
 )
 app.add_typer(config_app)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(ami_replay_command, name="ami-replay")
+app.command(
+    "emulator",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)(emulator_command)
 
 
 def _show_version(value: bool) -> None:
@@ -115,7 +123,7 @@ def _show_version(value: bool) -> None:
 
 
 # Commands that must work with broken settings (they are how you fix them).
-_NO_SETTINGS_COMMANDS = frozenset({"keygen"})
+_NO_SETTINGS_COMMANDS = frozenset({"keygen", "ami-replay", "emulator"})
 
 
 @app.callback()

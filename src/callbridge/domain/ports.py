@@ -7,13 +7,15 @@ tests use in-memory twins.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from callbridge.domain.call import Call
+from callbridge.domain.call import Call, CallPolicy
+from callbridge.domain.events import Event
 
-__all__ = ["CallRepository", "Clock", "JobQueue"]
+__all__ = ["CallRepository", "CallRouting", "Clock", "EventInbox", "JobQueue", "RoutingSource"]
 
 
 class CallRepository(Protocol):
@@ -50,4 +52,32 @@ class Clock(Protocol):
 
     def now(self) -> datetime:
         """The current time, timezone-aware."""
+        ...
+
+
+class EventInbox(Protocol):
+    """Every accepted PBX event, stored once per (enterprise, source, event id)."""
+
+    async def add(self, enterprise_id: int, source: str, event: Event) -> int | None:
+        """Store the event; its inbox id if new, None if it was stored before (a repeat)."""
+        ...
+
+    async def mark_handled(self, entry_ids: Sequence[int]) -> None:
+        """Record that these events were applied."""
+        ...
+
+
+@dataclass(frozen=True)
+class CallRouting:
+    """Where an enterprise's calls go: its Bitrix24 integration (if any) and its call policy."""
+
+    integration_id: int | None
+    policy: CallPolicy
+
+
+class RoutingSource(Protocol):
+    """The integration and :class:`CallPolicy` that apply to an enterprise's calls now."""
+
+    async def for_enterprise(self, enterprise_id: int) -> CallRouting:
+        """The routing; ``integration_id`` None when no live integration is linked."""
         ...

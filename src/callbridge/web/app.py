@@ -21,7 +21,7 @@ from callbridge.logging import get_logger
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.probe import safe_url
-from callbridge.web import health
+from callbridge.web import health, pbx
 from callbridge.web.background import WorkerFactory, WorkerRunner
 from callbridge.web.errors import install_error_handlers
 
@@ -113,4 +113,5 @@ def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = Non
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(pbx.router)
     return app

@@ -1,0 +1,157 @@
+"""Call tracking: PBX events in, call state and Bitrix24 jobs out, in the caller's transaction.
+
+For each batch of events (one webhook request, or a run of AMI events), :func:`track_events`:
+
+1. locks every call the batch names (by enterprise + linkedid), in linkedid order so two
+   batches naming the same calls cannot deadlock; the lock also serialises the enqueueing of a
+   call's jobs, which the job queue's per-key ordering needs;
+2. stores each event in the inbox; a repeat is acknowledged as a duplicate and changes nothing;
+3. applies the new events to their calls, in the batch's order, with the enterprise's
+   :class:`~callbridge.domain.call.CallPolicy`;
+4. saves each changed call and enqueues one :data:`BITRIX24_COMMAND_JOB` per command, ordered
+   per call (``ordering_key = "call:<call row id>"``) and tagged with the integration;
+5. marks the new events handled.
+
+The caller commits (the web request's session, or the AMI listener's transaction): nothing is
+half-applied, and an acknowledged event is a committed one. An enterprise without a live
+Bitrix24 integration still has its events stored and its calls tracked; no jobs are enqueued.
+
+Job payload (``version`` 1), for the dispatcher::
+
+    {
+        "version": 1,
+        "call_id": 42,                # calls.id (also the job's call_id column)
+        "linkedid": "1732611234.17",  # the PBX's call id
+        "enterprise_id": 3,
+        "leg": 0,                     # the command's leg; resolve it to the leg's CALL_ID
+        "external_call_id": "1732611234.17-0",
+        "command": {"kind": "register", "leg": 0, ...},  # domain.commands.command_to_dict
+    }
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+from callbridge.domain.call import Call
+from callbridge.domain.commands import Command, command_to_dict
+from callbridge.domain.events import Event
+from callbridge.domain.ports import CallRepository, EventInbox, JobQueue, RoutingSource
+
+__all__ = [
+    "BITRIX24_COMMAND_JOB",
+    "JOB_PAYLOAD_VERSION",
+    "CallTrackingPorts",
+    "Outcome",
+    "command_job_payload",
+    "ordering_key",
+    "track_events",
+]
+
+logger = logging.getLogger(__name__)
+
+#: One job per Bitrix24 command (register, show, hide, finish, attach_record).
+BITRIX24_COMMAND_JOB: Final = "bitrix24.command"
+JOB_PAYLOAD_VERSION: Final = 1
+#: Where webhook events are filed in the inbox (AMI listeners use ``ami:<connection>``).
+WEBHOOK_SOURCE: Final = "webhook"
+
+
+class Outcome(StrEnum):
+    """What became of one event of a batch."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class CallTrackingPorts:
+    """The storage the use case drives, all on one unit of work."""
+
+    inbox: EventInbox
+    calls: CallRepository
+    jobs: JobQueue
+    routing: RoutingSource
+
+
+def ordering_key(call_row_id: int) -> str:
+    """The jobs of one call run one at a time, in the order they were enqueued."""
+    return f"call:{call_row_id}"
+
+
+def command_job_payload(
+    *, call_row_id: int, enterprise_id: int, call: Call, command: Command
+) -> dict[str, Any]:
+    """The JSON payload of a :data:`BITRIX24_COMMAND_JOB` (see the module docstring)."""
+    return {
+        "version": JOB_PAYLOAD_VERSION,
+        "call_id": call_row_id,
+        "linkedid": call.call_id,
+        "enterprise_id": enterprise_id,
+        "leg": command.leg,
+        "external_call_id": call.leg(command.leg).external_call_id,
+        "command": command_to_dict(command),
+    }
+
+
+async def track_events(
+    ports: CallTrackingPorts,
+    enterprise_id: int,
+    events: Sequence[Event],
+    *,
+    source: str = WEBHOOK_SOURCE,
+) -> list[Outcome]:
+    """Apply a batch of one enterprise's events; each event's outcome, in the batch's order."""
+    if not events:
+        return []
+    routing = await ports.routing.for_enterprise(enterprise_id)
+    calls: dict[str, Call] = {}
+    for linkedid in sorted({event.call_id for event in events}):
+        stored = await ports.calls.get(enterprise_id, linkedid)
+        calls[linkedid] = stored if stored is not None else Call.new(linkedid)
+
+    outcomes: list[Outcome] = []
+    handled: list[int] = []
+    # Insertion order = the order the calls were first touched by a new event.
+    commands: dict[str, list[Command]] = {}
+    for event in events:
+        entry = await ports.inbox.add(enterprise_id, source, event)
+        if entry is None:
+            outcomes.append(Outcome.DUPLICATE)
+            continue
+        outcomes.append(Outcome.ACCEPTED)
+        handled.append(entry)
+        call = calls[event.call_id]
+        commands.setdefault(event.call_id, []).extend(call.apply(event, routing.policy))
+
+    dropped = 0
+    for linkedid, call_commands in commands.items():
+        call = calls[linkedid]
+        row_id = await ports.calls.save(enterprise_id, call)
+        if routing.integration_id is None:
+            dropped += len(call_commands)
+            continue
+        for command in call_commands:
+            await ports.jobs.enqueue(
+                BITRIX24_COMMAND_JOB,
+                command_job_payload(
+                    call_row_id=row_id, enterprise_id=enterprise_id, call=call, command=command
+                ),
+                ordering_key=ordering_key(row_id),
+                integration_id=routing.integration_id,
+                call_id=row_id,
+            )
+    if dropped:
+        logger.info(
+            "enterprise %s has no live Bitrix24 integration: calls tracked, "
+            "%d Bitrix24 commands not queued",
+            enterprise_id,
+            dropped,
+        )
+    if handled:
+        await ports.inbox.mark_handled(handled)
+    return outcomes

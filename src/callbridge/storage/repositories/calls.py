@@ -1,0 +1,108 @@
+"""Calls by (enterprise, linkedid): the domain :class:`~callbridge.domain.call.Call`, stored whole.
+
+The domain call lives in ``calls.model`` (its ``to_dict``); the other columns are a summary of
+it for queries and the admin pages, rewritten on every save. :meth:`CallRepository.lock`
+holds the row until the transaction ends (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's
+write lock is already held by ``BEGIN IMMEDIATE``), creating an empty row first for a new call,
+so two transactions never both believe they hold a new call.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from callbridge.domain.call import Call
+from callbridge.storage.models import Call as CallRow
+from callbridge.storage.repositories.base import Repository
+from callbridge.storage.types import utcnow
+
+
+class CallRepository(Repository[CallRow]):
+    """Queries on ``calls``; implements the domain's ``CallRepository`` port."""
+
+    model = CallRow
+
+    def __init__(self, session: AsyncSession) -> None:
+        super().__init__(session)
+        # Rows locked by get(), so save() does not look them up again.
+        self._locked: dict[tuple[int, str], CallRow] = {}
+
+    async def load_locked(self, enterprise_id: int, linkedid: str) -> Call | None:
+        """The stored call, locked until the transaction ends; None if nothing is known yet."""
+        row = await self.lock(enterprise_id, linkedid)
+        return Call.from_dict(row.model) if row.model else None
+
+    async def lock(self, enterprise_id: int, linkedid: str) -> CallRow:
+        """The call's row, locked until the transaction ends; created (empty) if missing."""
+        row = await self._select_for_update(enterprise_id, linkedid)
+        if row is None:
+            # Concurrent creators meet on the unique key: the loser waits for the winner's
+            # commit, inserts nothing, and then locks the winner's row.
+            dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+            now = utcnow()
+            await self.session.execute(
+                dialect_insert(CallRow)
+                .values(
+                    enterprise_id=enterprise_id,
+                    linkedid=linkedid,
+                    model={},
+                    ringing={},
+                    created_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["enterprise_id", "linkedid"])
+            )
+            row = await self._select_for_update(enterprise_id, linkedid)
+            assert row is not None
+        self._locked[(enterprise_id, linkedid)] = row
+        return row
+
+    async def save(self, enterprise_id: int, call: Call) -> int:
+        """Write the call and its summary columns (the row must be locked by this session)."""
+        row = self._locked.get((enterprise_id, call.call_id))
+        if row is None:
+            row = await self.lock(enterprise_id, call.call_id)
+        _summarise(row, call)
+        await self.session.flush()
+        return row.id
+
+    async def by_linkedid(self, enterprise_id: int, linkedid: str) -> CallRow | None:
+        """The call's row without locking it (for reading)."""
+        return await self.one_or_none(
+            self.select().where(
+                CallRow.enterprise_id == enterprise_id, CallRow.linkedid == linkedid
+            )
+        )
+
+    async def _select_for_update(self, enterprise_id: int, linkedid: str) -> CallRow | None:
+        statement = (
+            self.select()
+            .where(CallRow.enterprise_id == enterprise_id, CallRow.linkedid == linkedid)
+            .with_for_update()
+            # The row may be in the identity map from before the lock: read it afresh.
+            .execution_options(populate_existing=True)
+        )
+        return await self.one_or_none(statement)
+
+
+def _summarise(row: CallRow, call: Call) -> None:
+    row.model = call.to_dict()
+    row.state = call.state.value
+    row.direction = call.direction.value if call.direction is not None else "unknown"
+    row.external_number = (call.phone_number or call.external_number)[:64]
+    row.line_number = call.line[:64]
+    last = call.legs[-1] if call.legs else None
+    row.ringing = dict(last.ringing) if last is not None else {}
+    row.answered_by = call.answered_by
+    first = call.legs[0] if call.legs else None
+    row.bitrix24_call_id = first.bitrix24_call_id if first is not None else None
+    row.crm_entity_type = first.crm_entity_type if first is not None else None
+    row.crm_entity_id = first.crm_entity_id if first is not None else None
+    row.started_at = call.started_at
+    row.answered_at = next((leg.answered_at for leg in call.legs if leg.answered), None)
+    row.ended_at = call.ended_at
+    row.status_code = call.status_code
+    row.talk_seconds = call.talk_seconds
+    recording = call.recordings[0] if call.recordings else None
+    row.recording = (recording.url or recording.path) if recording is not None else None

@@ -1,0 +1,405 @@
+"""The call-tracking use case on a real database: inbox, call row, jobs, in one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from callbridge.domain.call import Call, Command
+from callbridge.domain.commands import command_from_dict
+from callbridge.domain.events import Direction, Disposition, Event, event_from_dict
+from callbridge.services.call_tracking import (
+    BITRIX24_COMMAND_JOB,
+    Outcome,
+    track_events,
+)
+from callbridge.storage.call_tracking import call_tracking_ports, policy_from_settings
+from callbridge.storage.crypto import SecretBox
+from callbridge.storage.db import create_engine, create_session_factory
+from callbridge.storage.models import (
+    Bitrix24Integration,
+    Bitrix24User,
+    Enterprise,
+    IntegrationStatus,
+    Job,
+    PbxEvent,
+)
+from callbridge.storage.models import Call as CallRow
+from tests.callbridge.domain.factories import DEFAULT, IVAN, MARIA, OLEG, Pbx
+
+BOX = SecretBox([Fernet.generate_key()])
+SETTINGS: dict[str, Any] = {"default_user_id": DEFAULT, "crm_sources": {"4951110101": "CALL"}}
+
+
+@dataclass
+class Tenant:
+    enterprise_id: int
+    integration_id: int | None
+
+
+async def make_tenant(
+    session: AsyncSession,
+    *,
+    integration: bool = True,
+    status: IntegrationStatus = IntegrationStatus.ACTIVE,
+    settings: dict[str, Any] | None = None,
+) -> Tenant:
+    """An enterprise, optionally linked to a portal with users 101 Ivan, 102 Maria, 103 Oleg."""
+    enterprise = Enterprise(number=f"e-{uuid.uuid4().hex[:8]}")
+    session.add(enterprise)
+    await session.flush()
+    if not integration:
+        return Tenant(enterprise.id, None)
+    row = Bitrix24Integration(
+        enterprise_id=enterprise.id,
+        member_id=uuid.uuid4().hex,
+        domain="portal.test",
+        client_endpoint="http://portal.test/rest/",
+        status=status.value,
+        settings=SETTINGS if settings is None else settings,
+    )
+    session.add(row)
+    await session.flush()
+    for extension, user in (("101", IVAN), ("102", MARIA), ("103", OLEG)):
+        session.add(Bitrix24User(integration_id=row.id, user_id=user, extension=extension))
+    await session.flush()
+    return Tenant(enterprise.id, row.id)
+
+
+async def track(session: AsyncSession, tenant: Tenant, *events: Event) -> list[Outcome]:
+    return await track_events(call_tracking_ports(session, BOX), tenant.enterprise_id, events)
+
+
+async def jobs_of(session: AsyncSession, tenant: Tenant) -> list[Job]:
+    statement = (
+        select(Job)
+        .join(CallRow, CallRow.id == Job.call_id)
+        .where(CallRow.enterprise_id == tenant.enterprise_id)
+        .order_by(Job.id)
+    )
+    return list((await session.scalars(statement)).all())
+
+
+def commands(jobs: Sequence[Job]) -> list[Command]:
+    return [command_from_dict(job.payload["command"]) for job in jobs]
+
+
+def kinds(jobs: Sequence[Job]) -> list[str]:
+    return [job.payload["command"]["kind"] for job in jobs]
+
+
+class TestInboundCall:
+    async def test_answered_call_yields_register_show_finish_in_order(
+        self, session: AsyncSession
+    ) -> None:
+        tenant = await make_tenant(session)
+        pbx = Pbx()
+        outcomes = await track(
+            session,
+            tenant,
+            pbx.started(0),
+            pbx.ringing(1, "101"),
+            pbx.answered(5, "101"),
+            pbx.ended(65),
+        )
+        assert outcomes == [Outcome.ACCEPTED] * 4
+        jobs = await jobs_of(session, tenant)
+        assert kinds(jobs) == ["register", "show", "finish"]
+        call_row = await session.scalar(select(CallRow).where(CallRow.linkedid == pbx.call_id))
+        assert call_row is not None
+        for job in jobs:
+            assert job.kind == BITRIX24_COMMAND_JOB
+            assert job.ordering_key == f"call:{call_row.id}"
+            assert job.integration_id == tenant.integration_id
+            assert job.call_id == call_row.id
+            assert job.payload["call_id"] == call_row.id
+            assert job.payload["linkedid"] == pbx.call_id
+            assert job.payload["enterprise_id"] == tenant.enterprise_id
+            assert job.payload["leg"] == 0
+            assert job.payload["external_call_id"] == f"{pbx.call_id}-0"
+            assert job.payload["version"] == 1
+        finish = commands(jobs)[-1]
+        assert finish.user_id == IVAN  # type: ignore[union-attr]
+        assert finish.duration == 60  # type: ignore[union-attr]
+        assert finish.status_code == "200"  # type: ignore[union-attr]
+
+    async def test_events_in_separate_transactions_give_the_same_jobs(
+        self, session: AsyncSession
+    ) -> None:
+        tenant = await make_tenant(session)
+        pbx = Pbx()
+        for event in (pbx.started(0), pbx.ringing(1, "101"), pbx.answered(5, "101")):
+            await track(session, tenant, event)
+        await track(session, tenant, pbx.ended(65))
+        assert kinds(await jobs_of(session, tenant)) == ["register", "show", "finish"]
+
+    async def test_ring_group_shows_all_then_hides_the_others(self, session: AsyncSession) -> None:
+        tenant = await make_tenant(session)
+        pbx = Pbx()
+        await track(
+            session,
+            tenant,
+            pbx.started(0),
+            pbx.ringing(1, "101", "102", "103"),
+            pbx.answered(4, "102"),
+            pbx.leg_ended(4, "101", Disposition.CANCELLED),
+            pbx.leg_ended(4, "103", Disposition.CANCELLED),
+            pbx.ended(30),
+        )
+        jobs = await jobs_of(session, tenant)
+        assert kinds(jobs) == ["register", "show", "hide", "finish"]
+        register, show, hide, finish = commands(jobs)
+        assert show.user_ids == (IVAN, MARIA, OLEG)  # type: ignore[union-attr]
+        assert hide.user_ids == (IVAN, OLEG)  # type: ignore[union-attr]
+        assert finish.user_id == MARIA  # type: ignore[union-attr]
+        assert register.crm_source == "CALL"  # type: ignore[union-attr]
+
+    async def test_summary_columns_follow_the_model(self, session: AsyncSession) -> None:
+        tenant = await make_tenant(session)
+        pbx = Pbx()
+        await track(session, tenant, pbx.started(0), pbx.ringing(1, "101", "102"))
+        row = await session.scalar(select(CallRow).where(CallRow.linkedid == pbx.call_id))
+        assert row is not None
+        assert (row.state, row.direction, row.external_number) == (
+            "active",
+            "inbound",
+            "+74951234567",
+        )
+        assert row.ringing == {"101": IVAN, "102": MARIA}
+        await track(session, tenant, pbx.answered(3, "102"), pbx.ended(13))
+        await session.refresh(row)
+        assert (row.state, row.answered_by, row.status_code, row.talk_seconds) == (
+            "ended",
+            "102",
+            "200",
+            10,
+        )
+        assert row.ringing == {}
+        assert Call.from_dict(row.model).answered
+
+
+class TestDuplicates:
+    async def test_a_repeat_is_acknowledged_and_changes_nothing(
+        self, session: AsyncSession
+    ) -> None:
+        tenant = await make_tenant(session)
+        pbx = Pbx()
+        started = pbx.started(0)
+        assert await track(session, tenant, started) == [Outcome.ACCEPTED]
+        assert await track(session, tenant, started, started) == [Outcome.DUPLICATE] * 2
+        assert kinds(await jobs_of(session, tenant)) == ["register"]
+        stored = await session.scalars(
+            select(PbxEvent).where(PbxEvent.enterprise_id == tenant.enterprise_id)
+        )
+        rows = list(stored.all())
+        assert len(rows) == 1
+        assert rows[0].handled_at is not None
+        assert event_from_dict(rows[0].payload) == started
+
+    async def test_a_repeat_inside_one_batch(self, session: AsyncSession) -> None:
+        tenant = await make_tenant(session)
+        started = Pbx().started(0)
+        outcomes = await track(session, tenant, started, started)
+        assert outcomes == [Outcome.ACCEPTED, Outcome.DUPLICATE]
+
+
+class TestBatches:
+    async def test_events_of_two_calls_apply_per_call_in_order(self, session: AsyncSession) -> None:
+        tenant = await make_tenant(session)
+        # Named so that the second call sorts first: locks go by linkedid, order by the batch.
+        a, b = Pbx("1700000002.1"), Pbx("1700000001.1")
+        await track(
+            session,
+            tenant,
+            a.started(0),
+            b.started(0),
+            a.ringing(1, "101"),
+            b.ringing(1, "102"),
+            b.answered(2, "102"),
+            a.ended(9, Disposition.NO_ANSWER),
+        )
+        jobs = await jobs_of(session, tenant)
+        by_call: dict[str, list[str]] = {}
+        for job in jobs:
+            by_call.setdefault(job.payload["linkedid"], []).append(job.payload["command"]["kind"])
+        assert by_call == {
+            a.call_id: ["register", "show", "hide", "finish"],
+            b.call_id: ["register", "show"],
+        }
+        assert len({job.ordering_key for job in jobs}) == 2
+
+    async def test_events_before_the_start_are_held(self, session: AsyncSession) -> None:
+        tenant = await make_tenant(session)
+        pbx = Pbx()
+        ringing, started = pbx.ringing(1, "101"), pbx.started(0)
+        await track(session, tenant, ringing)
+        assert await jobs_of(session, tenant) == []
+        await track(session, tenant, started)
+        assert kinds(await jobs_of(session, tenant)) == ["register", "show"]
+
+
+class TestRouting:
+    async def test_without_integration_events_are_stored_and_calls_tracked(
+        self, session: AsyncSession, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        tenant = await make_tenant(session, integration=False)
+        pbx = Pbx()
+        with caplog.at_level("INFO", logger="callbridge.services.call_tracking"):
+            outcomes = await track(
+                session, tenant, pbx.started(0), pbx.answered(2, "101"), pbx.ended(7)
+            )
+        assert outcomes == [Outcome.ACCEPTED] * 3
+        assert await jobs_of(session, tenant) == []
+        row = await session.scalar(
+            select(CallRow).where(CallRow.enterprise_id == tenant.enterprise_id)
+        )
+        assert row is not None
+        assert (row.state, row.status_code, row.talk_seconds) == ("ended", "200", 5)
+        count = await session.scalar(
+            select(PbxEvent.id).where(PbxEvent.enterprise_id == tenant.enterprise_id).limit(1)
+        )
+        assert count is not None
+        assert "no live Bitrix24 integration" in caplog.text
+
+    async def test_uninstalled_integration_gets_no_jobs(self, session: AsyncSession) -> None:
+        tenant = await make_tenant(session, status=IntegrationStatus.UNINSTALLED)
+        await track(session, tenant, Pbx().started(0))
+        assert await jobs_of(session, tenant) == []
+
+    async def test_paused_integration_keeps_its_jobs(self, session: AsyncSession) -> None:
+        tenant = await make_tenant(session, status=IntegrationStatus.NEEDS_REAUTH)
+        await track(session, tenant, Pbx().started(0))
+        assert kinds(await jobs_of(session, tenant)) == ["register"]
+
+    async def test_outbound_uses_the_callers_user(self, session: AsyncSession) -> None:
+        tenant = await make_tenant(session)
+        pbx = Pbx()
+        await track(
+            session,
+            tenant,
+            pbx.started(0, direction=Direction.OUTBOUND, extension="103", number="84951234567"),
+        )
+        (register,) = commands(await jobs_of(session, tenant))
+        assert register.user_id == OLEG  # type: ignore[union-attr]
+        assert register.phone_number == "+74951234567"  # type: ignore[union-attr]
+
+    async def test_unknown_extension_falls_back_to_the_default_user(
+        self, session: AsyncSession
+    ) -> None:
+        tenant = await make_tenant(session, settings={"default_user_id": 7})
+        pbx = Pbx()
+        await track(session, tenant, pbx.started(0), pbx.ringing(1, "999"))
+        register, show = commands(await jobs_of(session, tenant))
+        assert register.user_id == 7  # type: ignore[union-attr]
+        assert show.user_ids == (7,)  # type: ignore[union-attr]
+
+
+class TestPolicyFromSettings:
+    def test_defaults(self) -> None:
+        policy = policy_from_settings({}, [])
+        assert policy.default_user_id == 1
+        assert (policy.show_card, policy.add_to_chat, policy.ignore_internal) == (True,) * 3
+
+    def test_settings_and_users(self) -> None:
+        users = [
+            Bitrix24User(user_id=5, extension="101", mobile="8 (916) 123-45-67"),
+            Bitrix24User(user_id=6, extension="102", mobile=None),
+        ]
+        policy = policy_from_settings(
+            {
+                "default_user_id": "3",
+                "responsible_user_id": 4,
+                "lead_creation": "ALL",
+                "extension_users": {"102": 9, "200": "10"},
+                "lines": [{"number": "74950001122", "pbx_line": "trunk-1", "crm_source": "ADS"}],
+                "line_numbers": {"4951110101": "74951110101"},
+                "show_card": "0",
+            },
+            users,
+        )
+        assert policy.default_user_id == 3
+        assert policy.responsible_user_id == 4
+        assert policy.lead_creation.value == "all"
+        assert policy.users_by_extension == {"101": 5, "102": 9, "200": 10}
+        assert policy.user_for_number("+79161234567") == 5
+        assert policy.line_number("trunk-1") == "74950001122"
+        assert policy.line_number("4951110101") == "74951110101"
+        assert policy.crm_source("trunk-1") == "ADS"
+        assert policy.show_card is False
+
+    def test_bad_values_fall_back(self, caplog: pytest.LogCaptureFixture) -> None:
+        policy = policy_from_settings(
+            {"default_user_id": "x", "lead_creation": "sometimes", "show_card": "maybe"}, []
+        )
+        assert policy.default_user_id == 1
+        assert policy.lead_creation.value == "inbound"
+        assert policy.show_card is True
+        assert "lead_creation" in caplog.text
+
+
+@pytest.mark.postgres
+class TestConcurrency:
+    async def test_concurrent_events_of_one_call_apply_in_order_without_lost_updates(
+        self, fresh_database_url: str
+    ) -> None:
+        if not fresh_database_url.startswith("postgresql"):
+            pytest.skip("SQLite serialises writers; the row lock matters on PostgreSQL")
+        engine = create_engine(fresh_database_url, pool_size=20)
+        factory: async_sessionmaker[AsyncSession] = create_session_factory(engine)
+        try:
+            async with factory() as session, session.begin():
+                tenant = await make_tenant(session)
+            pbx = Pbx()
+            async with factory() as session, session.begin():
+                await track(session, tenant, pbx.started(0))
+            # Each event rings a different set: every one of them changes the cards.
+            events = [
+                pbx.ringing(1 + i, *({"101", "102", "103"} - {("101", "102", "103")[i % 3]}))
+                for i in range(30)
+            ]
+
+            async def deliver(event: Event) -> None:
+                async with factory() as session, session.begin():
+                    await track(session, tenant, event)
+
+            await asyncio.gather(*(deliver(event) for event in events))
+
+            async with factory() as session:
+                row = await session.scalar(select(CallRow).where(CallRow.linkedid == pbx.call_id))
+                assert row is not None
+                stored = Call.from_dict(row.model)
+                jobs = await jobs_of(session, tenant)
+                inbox = (
+                    await session.scalars(
+                        select(PbxEvent)
+                        .where(PbxEvent.linkedid == pbx.call_id)
+                        .order_by(PbxEvent.id)
+                    )
+                ).all()
+            # No lost update: every event is in the stored call.
+            assert {event.event_id for event in events} <= stored.seen
+            # In order: replaying the inbox in commit order gives exactly the queued commands.
+            replay = Call.new(pbx.call_id)
+            policy = policy_from_settings(SETTINGS, _users())
+            expected: list[Command] = []
+            for entry in inbox:
+                expected.extend(replay.apply(event_from_dict(entry.payload), policy))
+            assert commands(jobs) == expected
+            assert replay.to_dict() == stored.to_dict()
+        finally:
+            await engine.dispose()
+
+
+def _users() -> list[Bitrix24User]:
+    return [
+        Bitrix24User(user_id=user, extension=ext)
+        for ext, user in (("101", IVAN), ("102", MARIA), ("103", OLEG))
+    ]

@@ -1,0 +1,291 @@
+"""``POST /pbx/{enterprise}/events`` over ASGI, with the app's lifespan, on both databases."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from callbridge.pbx.webhook import sign
+from callbridge.storage.crypto import SecretBox
+from callbridge.storage.db import create_engine, create_session_factory
+from callbridge.storage.models import (
+    Bitrix24Integration,
+    Bitrix24User,
+    Enterprise,
+    Job,
+    PbxEvent,
+)
+from callbridge.storage.models import Call as CallRow
+from callbridge.web.app import create_app
+from tests.callbridge.web.test_app import make_settings, serve
+
+TOKEN = "pbx-token-0123456789abcdef"
+NUMBER = "100"
+URL = f"/pbx/{NUMBER}/events"
+LINKEDID = "1764151200.42"
+T0 = "2026-11-26T10:00:00+03:00"
+
+
+@dataclass
+class Env:
+    client: httpx.AsyncClient
+    factory: async_sessionmaker[AsyncSession]
+    engine: AsyncEngine
+
+    async def count(self, model: type[Any]) -> int:
+        async with self.factory() as session:
+            return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+    async def jobs(self) -> list[Job]:
+        async with self.factory() as session:
+            return list((await session.scalars(select(Job).order_by(Job.id))).all())
+
+
+@pytest.fixture
+async def env(fresh_database_url: str, tmp_path: Path) -> AsyncIterator[Env]:
+    settings = make_settings(tmp_path, fresh_database_url)
+    box = SecretBox(settings.fernet_keys())
+    engine = create_engine(fresh_database_url)
+    factory = create_session_factory(engine)
+    async with factory() as session, session.begin():
+        enterprise = Enterprise(number=NUMBER, name="Acme", webhook_secret_enc=box.encrypt(TOKEN))
+        other = Enterprise(number="200", webhook_secret_enc=box.encrypt("another-token"))
+        session.add_all([enterprise, other])
+        await session.flush()
+        integration = Bitrix24Integration(
+            enterprise_id=enterprise.id,
+            member_id="m-1",
+            domain="portal.test",
+            client_endpoint="http://portal.test/rest/",
+            settings={"default_user_id": 1},
+        )
+        session.add(integration)
+        await session.flush()
+        session.add(Bitrix24User(integration_id=integration.id, user_id=11, extension="101"))
+        session.add(Bitrix24User(integration_id=integration.id, user_id=12, extension="102"))
+    try:
+        async with serve(create_app(settings)) as client:
+            yield Env(client, factory, engine)
+    finally:
+        await engine.dispose()
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def event(type_: str, event_id: str, **fields: Any) -> dict[str, Any]:
+    return {"type": type_, "call_id": LINKEDID, "event_id": event_id, "timestamp": T0, **fields}
+
+
+STARTED = event(
+    "call.started", "e1", direction="inbound", external_number="84951234567", line="4951110101"
+)
+CALL = [
+    STARTED,
+    event("call.ringing", "e2", extensions=["101", "102"]),
+    event("call.answered", "e3", extension="102"),
+    event("call.ended", "e4", disposition="answered", hangup_cause=16, talk_seconds=42),
+]
+
+
+class TestAccepting:
+    async def test_one_event_is_committed_before_the_202(self, env: Env) -> None:
+        response = await env.client.post(URL, json=STARTED, headers=bearer())
+        assert response.status_code == 202
+        assert response.json() == {
+            "accepted": 1,
+            "duplicates": 0,
+            "events": [{"event_id": "e1", "status": "accepted"}],
+        }
+        # Another connection sees it all: the commit happened before the answer.
+        async with env.factory() as session:
+            stored = (await session.scalars(select(PbxEvent))).one()
+            assert (stored.event_id, stored.kind, stored.linkedid) == (
+                "e1",
+                "call.started",
+                LINKEDID,
+            )
+            assert stored.handled_at is not None
+            call = (await session.scalars(select(CallRow))).one()
+            assert (call.linkedid, call.state, call.external_number) == (
+                LINKEDID,
+                "active",
+                "+74951234567",
+            )
+        assert [job.payload["command"]["kind"] for job in await env.jobs()] == ["register"]
+
+    async def test_a_list_applies_in_order_with_one_job_per_command(self, env: Env) -> None:
+        response = await env.client.post(URL, json=CALL, headers=bearer())
+        assert response.status_code == 202
+        assert [e["status"] for e in response.json()["events"]] == ["accepted"] * 4
+        jobs = await env.jobs()
+        assert [job.payload["command"]["kind"] for job in jobs] == [
+            "register",
+            "show",
+            "hide",
+            "finish",
+        ]
+        (call_id,) = {job.call_id for job in jobs}
+        assert {job.ordering_key for job in jobs} == {f"call:{call_id}"}
+        assert {job.kind for job in jobs} == {"bitrix24.command"}
+        assert all(job.integration_id is not None for job in jobs)
+        finish = jobs[-1].payload["command"]
+        assert (finish["user_id"], finish["status_code"]) == (12, "200")
+
+    async def test_duplicates_are_acknowledged_again_and_stored_once(self, env: Env) -> None:
+        first = await env.client.post(URL, json=CALL[:2], headers=bearer())
+        again = await env.client.post(URL, json=CALL[:3], headers=bearer())
+        assert first.status_code == again.status_code == 202
+        assert [e["status"] for e in again.json()["events"]] == [
+            "duplicate",
+            "duplicate",
+            "accepted",
+        ]
+        assert (again.json()["accepted"], again.json()["duplicates"]) == (1, 2)
+        assert await env.count(PbxEvent) == 3
+        assert [job.payload["command"]["kind"] for job in await env.jobs()] == [
+            "register",
+            "show",
+            "hide",
+        ]
+
+    async def test_dialplan_spellings(self, env: Env) -> None:
+        body = [
+            STARTED,
+            event("call.ringing", "e2", extensions="101&102"),
+            event("call.ended", "e3", disposition="NOANSWER", hangup_cause="19", talk_seconds=""),
+        ]
+        response = await env.client.post(URL, json=body, headers=bearer())
+        assert response.status_code == 202, response.text
+        finish = (await env.jobs())[-1].payload["command"]
+        assert (finish["kind"], finish["status_code"]) == ("finish", "304")
+
+
+class TestAuthentication:
+    async def test_unknown_enterprise_looks_like_a_bad_token(self, env: Env) -> None:
+        unknown = await env.client.post("/pbx/999/events", json=STARTED, headers=bearer())
+        wrong = await env.client.post(URL, json=STARTED, headers=bearer("wrong"))
+        foreign = await env.client.post(URL, json=STARTED, headers=bearer("another-token"))
+        missing = await env.client.post(URL, json=STARTED)
+        for response in (unknown, wrong, foreign, missing):
+            assert response.status_code == 401
+            assert response.json() == unknown.json()
+            assert response.headers["www-authenticate"].startswith("Bearer")
+        assert unknown.json()["error"]["code"] == "unauthorized"
+        assert await env.count(PbxEvent) == 0
+
+    async def test_auth_is_checked_before_the_body(self, env: Env) -> None:
+        response = await env.client.post(URL, json={"type": "nope"}, headers=bearer("wrong"))
+        assert response.status_code == 401
+
+    async def test_hmac_signature(self, env: Env) -> None:
+        body = json.dumps(STARTED).encode()
+        stamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Callbridge-Timestamp": stamp,
+            "X-Callbridge-Signature": sign(TOKEN, stamp, body),
+        }
+        response = await env.client.post(URL, content=body, headers=headers)
+        assert response.status_code == 202
+
+    async def test_hmac_over_another_body_is_refused(self, env: Env) -> None:
+        stamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Callbridge-Timestamp": stamp,
+            "X-Callbridge-Signature": sign(TOKEN, stamp, b"{}"),
+        }
+        response = await env.client.post(URL, content=json.dumps(STARTED), headers=headers)
+        assert response.status_code == 401
+
+    async def test_hmac_with_the_wrong_key_is_refused(self, env: Env) -> None:
+        body = json.dumps(STARTED).encode()
+        stamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Callbridge-Timestamp": stamp,
+            "X-Callbridge-Signature": sign("another-token", stamp, body),
+        }
+        assert (await env.client.post(URL, content=body, headers=headers)).status_code == 401
+
+    async def test_stale_hmac_is_refused(self, env: Env) -> None:
+        body = json.dumps(STARTED).encode()
+        stamp = str(int(time.time()) - 600)
+        headers = {
+            "Content-Type": "application/json",
+            "X-Callbridge-Timestamp": stamp,
+            "X-Callbridge-Signature": sign(TOKEN, stamp, body),
+        }
+        assert (await env.client.post(URL, content=body, headers=headers)).status_code == 401
+        assert await env.count(PbxEvent) == 0
+
+    async def test_inactive_enterprise_is_refused(self, env: Env) -> None:
+        async with env.factory() as session, session.begin():
+            row = (
+                await session.scalars(select(Enterprise).where(Enterprise.number == NUMBER))
+            ).one()
+            row.active = False
+        assert (await env.client.post(URL, json=STARTED, headers=bearer())).status_code == 401
+
+
+class TestValidation:
+    async def test_422_names_the_field_and_the_reason(self, env: Env) -> None:
+        body = {k: v for k, v in STARTED.items() if k != "direction"}
+        response = await env.client.post(URL, json=body, headers=bearer())
+        assert response.status_code == 422
+        error = response.json()["error"]
+        assert error["code"] == "validation_error"
+        assert error["fields"] == [{"field": "body.direction", "reason": "Field required"}]
+
+    async def test_in_a_list_the_field_has_its_index(self, env: Env) -> None:
+        body = [STARTED, event("call.ended", "e9", disposition="maybe")]
+        response = await env.client.post(URL, json=body, headers=bearer())
+        assert response.status_code == 422
+        (problem,) = response.json()["error"]["fields"]
+        assert problem["field"] == "body.1.disposition"
+        assert "answered" in problem["reason"]
+
+    async def test_unknown_type_and_naive_timestamp(self, env: Env) -> None:
+        body = [
+            {**STARTED, "type": "call.exploded"},
+            {**STARTED, "timestamp": "2026-11-26T10:00:00"},
+        ]
+        response = await env.client.post(URL, json=body, headers=bearer())
+        fields = {p["field"]: p["reason"] for p in response.json()["error"]["fields"]}
+        assert set(fields) == {"body.0.type", "body.1.timestamp"}
+        assert "timezone" in fields["body.1.timestamp"]
+
+    async def test_a_list_with_one_bad_event_stores_nothing(self, env: Env) -> None:
+        bad = event("call.transferred", "e5", kind="blind")  # no target
+        response = await env.client.post(URL, json=[*CALL[:3], bad], headers=bearer())
+        assert response.status_code == 422
+        assert response.json()["error"]["fields"][0]["field"] == "body.3"
+        assert "to_extension" in response.json()["error"]["fields"][0]["reason"]
+        assert await env.count(PbxEvent) == 0
+        assert await env.count(CallRow) == 0
+        assert await env.count(Job) == 0
+
+    async def test_empty_list(self, env: Env) -> None:
+        response = await env.client.post(URL, json=[], headers=bearer())
+        assert response.status_code == 422
+
+
+class TestOpenApi:
+    async def test_the_contract_is_documented(self, env: Env) -> None:
+        spec = (await env.client.get("/openapi.json")).json()
+        operation = spec["paths"]["/pbx/{enterprise}/events"]["post"]
+        assert set(operation["responses"]) >= {"202", "401", "422"}
+        schemas = json.dumps(spec["components"]["schemas"])
+        for name in ("CallStarted", "CallRinging", "CallEnded", "CallRecording", "CallLegEnded"):
+            assert name in schemas

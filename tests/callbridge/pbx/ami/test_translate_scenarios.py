@@ -21,11 +21,11 @@ from callbridge.domain.events import (
     Answered,
     CallStarted,
     Ended,
-    Event as Fact,
     LegEnded,
     Ringing,
     Transferred,
 )
+from callbridge.domain.events import Event as Fact
 from callbridge.pbx.ami.protocol import Event
 from callbridge.pbx.ami.replay import Recording
 from callbridge.pbx.ami.translate import AmiTranslator
@@ -153,7 +153,7 @@ class TestInboundAnswered:
         assert [row[1:] for row in summary(facts)] == [row[1:] for row in self.EXPECTED]
         # The PBX's own clock (the Newchannel's Timestamp), not the recorder's arrival times.
         assert facts[0].timestamp == datetime.fromtimestamp(1795711843.000573, UTC)
-        assert summary(facts)[2][0] == 3007
+        assert summary(facts)[2][0] == 3008
 
     def test_ids_are_stable_across_replays(self) -> None:
         first = [f.event_id for f in translate("a_inbound_answered")]

@@ -434,6 +434,8 @@ class AmiTranslator:
         if channel is not None and bridge:
             self._bridges.setdefault(bridge, set()).add(channel.uniqueid)
             channel.bridge = bridge
+            # After a reconnect this is how we learn that a phone already talks.
+            self._check_bridge(bridge, when, out)
 
     def _on_newstate(self, event: Event, when: datetime, out: Out) -> None:
         channel = self._channel(event, when, out)

@@ -191,15 +191,26 @@ async def overhead(calls: int) -> None:
 async def standard_plan(database_url: str) -> None:
     """1,000 calls from 4 processes against the standard plan (about 8 minutes)."""
     from cryptography.fernet import Fernet
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
     from tests.callbridge.crm.bitrix24.test_processes import install as store
     from tests.callbridge.crm.bitrix24.test_processes import run_workers, start_emulator
-    from tests.conftest import _pg_admin, _with_database
 
     from callbridge.storage import migrate
+    from callbridge.storage.db import create_unpooled_engine
+
+    async def admin(sql: str) -> None:
+        engine = create_unpooled_engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                await connection.execute(text(sql))
+        finally:
+            await engine.dispose()
 
     name = f"cbbench_{uuid.uuid4().hex[:12]}"
-    await _pg_admin(f'CREATE DATABASE "{name}"')
-    url = _with_database(database_url, name)
+    await admin(f'CREATE DATABASE "{name}"')
+    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
     emulator = start_emulator(50, 2.0)
     try:
         await migrate.upgrade(url)
@@ -214,7 +225,7 @@ async def standard_plan(database_url: str) -> None:
             ).json()
     finally:
         emulator.process.terminate()
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     arrivals = [s["time"] for s in seen]
     span = max(arrivals) - min(arrivals)
     plan = (1000 - 50) / 2.0

@@ -7,7 +7,7 @@ tests use in-memory twins.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -59,11 +59,11 @@ class EventInbox(Protocol):
     """Every accepted PBX event, stored once per (enterprise, source, event id)."""
 
     async def add(self, enterprise_id: int, source: str, event: Event) -> int | None:
-        """Store the event; its inbox id if new, None if it was stored before (a repeat)."""
-        ...
+        """Store the event as handled by the caller's transaction; its id, None for a repeat.
 
-    async def mark_handled(self, entry_ids: Sequence[int]) -> None:
-        """Record that these events were applied."""
+        The caller applies the event before it commits, so the row is never visible without
+        its effects: it is stored handled, with no second write to mark it.
+        """
         ...
 
 

@@ -5,12 +5,12 @@ For each batch of events (one webhook request, or a run of AMI events), :func:`t
 1. locks every call the batch names (by enterprise + linkedid), in linkedid order so two
    batches naming the same calls cannot deadlock; the lock also serialises the enqueueing of a
    call's jobs, which the job queue's per-key ordering needs;
-2. stores each event in the inbox; a repeat is acknowledged as a duplicate and changes nothing;
+2. stores each event in the inbox, as handled (its effects commit with it); a repeat is
+   acknowledged as a duplicate and changes nothing;
 3. applies the new events to their calls, in the batch's order, with the enterprise's
    :class:`~callbridge.domain.call.CallPolicy`;
 4. saves each changed call and enqueues one :data:`BITRIX24_COMMAND_JOB` per command, ordered
-   per call (``ordering_key = "call:<call row id>"``) and tagged with the integration;
-5. marks the new events handled.
+   per call (``ordering_key = "call:<call row id>"``) and tagged with the integration.
 
 The caller commits (the web request's session, or the AMI listener's transaction): nothing is
 half-applied, and an acknowledged event is a committed one. An enterprise without a live
@@ -115,7 +115,6 @@ async def track_events(
         calls[linkedid] = stored if stored is not None else Call.new(linkedid)
 
     outcomes: list[Outcome] = []
-    handled: list[int] = []
     # Insertion order = the order the calls were first touched by a new event.
     commands: dict[str, list[Command]] = {}
     for event in events:
@@ -124,7 +123,6 @@ async def track_events(
             outcomes.append(Outcome.DUPLICATE)
             continue
         outcomes.append(Outcome.ACCEPTED)
-        handled.append(entry)
         call = calls[event.call_id]
         commands.setdefault(event.call_id, []).extend(call.apply(event, routing.policy))
 
@@ -152,6 +150,4 @@ async def track_events(
             enterprise_id,
             dropped,
         )
-    if handled:
-        await ports.inbox.mark_handled(handled)
     return outcomes

@@ -22,11 +22,12 @@ PBX's events bounce.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from callbridge.domain.call import Call, CallPolicy, LeadCreation
@@ -45,6 +46,7 @@ from callbridge.storage.types import utcnow
 
 __all__ = [
     "FALLBACK_USER_ID",
+    "RoutingCache",
     "SqlCallStore",
     "SqlEventInbox",
     "SqlJobOutbox",
@@ -69,29 +71,35 @@ class SqlEventInbox:
 
     def __init__(self, session: AsyncSession) -> None:
         self._events = PbxEventRepository(session)
-        self._session = session
 
     async def add(self, enterprise_id: int, source: str, event: Event) -> int | None:
-        """Store the event unless stored before; its id if new."""
-        return await self._events.insert_new(
-            enterprise_id=enterprise_id,
-            source=source,
-            event_id=event.event_id,
-            linkedid=event.call_id,
-            kind=event.name,
-            payload=event_to_dict(event),
-            occurred_at=event.timestamp,
-        )
+        """Store the event, handled, unless stored before; its id if new.
 
-    async def mark_handled(self, entry_ids: Sequence[int]) -> None:
-        """One UPDATE for the whole batch."""
-        if entry_ids:
-            await self._session.execute(
-                update(PbxEvent)
-                .where(PbxEvent.id.in_(list(entry_ids)))
-                .values(handled_at=utcnow())
-                .execution_options(synchronize_session=False)
+        Like :meth:`PbxEventRepository.insert_new` (one ON CONFLICT DO NOTHING statement),
+        with ``handled_at`` set at once: the caller applies the event in this transaction, and
+        a second statement to mark it would cost a round trip per request.
+        """
+        dialect = self._events.dialect
+        dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        now = utcnow()
+        statement = (
+            dialect_insert(PbxEvent)
+            .values(
+                enterprise_id=enterprise_id,
+                source=source,
+                event_id=event.event_id,
+                linkedid=event.call_id,
+                kind=event.name,
+                payload=event_to_dict(event),
+                occurred_at=event.timestamp,
+                received_at=now,
+                handled_at=now,
             )
+            .on_conflict_do_nothing(index_elements=["enterprise_id", "source", "event_id"])
+            .returning(PbxEvent.id)
+        )
+        result = await self._events.session.execute(statement)
+        return result.scalar_one_or_none()
 
 
 @dataclass
@@ -139,15 +147,57 @@ class SqlCallStore:
         return await self.repository.save(enterprise_id, call)
 
 
+@dataclass
+class RoutingCache:
+    """Each enterprise's routing, kept for a few seconds by one process.
+
+    Building it costs two queries per request (integration, users); it changes when an admin
+    edits settings, users sync (every few minutes) or the app is uninstalled, all of which may
+    take ``ttl_seconds`` to reach calls. Jobs queued meanwhile for a removed integration are
+    the dispatcher's to cancel.
+    """
+
+    ttl_seconds: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+    _entries: dict[int, tuple[float, CallRouting]] = field(default_factory=dict)
+
+    def get(self, enterprise_id: int) -> CallRouting | None:
+        """The cached routing, if still fresh."""
+        entry = self._entries.get(enterprise_id)
+        if entry is None or self.clock() >= entry[0]:
+            return None
+        return entry[1]
+
+    def put(self, enterprise_id: int, routing: CallRouting) -> None:
+        """Remember a routing for ``ttl_seconds``."""
+        self._entries[enterprise_id] = (self.clock() + self.ttl_seconds, routing)
+
+    def clear(self) -> None:
+        """Forget everything (e.g. after changing settings in this process)."""
+        self._entries.clear()
+
+
 class SqlRoutingSource:
     """An enterprise's live integration and its policy, from settings and synced users."""
 
-    def __init__(self, session: AsyncSession, box: SecretBox) -> None:
+    def __init__(
+        self, session: AsyncSession, box: SecretBox, cache: RoutingCache | None = None
+    ) -> None:
         self._integrations = IntegrationRepository(session, box)
         self._users = Bitrix24UserRepository(session)
+        self._cache = cache
 
     async def for_enterprise(self, enterprise_id: int) -> CallRouting:
         """The first live integration (by id) of the enterprise, or none."""
+        if self._cache is not None:
+            cached = self._cache.get(enterprise_id)
+            if cached is None:
+                cached = await self._load(enterprise_id)
+                self._cache.put(enterprise_id, cached)
+            return cached
+        return await self._load(enterprise_id)
+
+    async def _load(self, enterprise_id: int) -> CallRouting:
         live = [
             row
             for row in await self._integrations.for_enterprise(enterprise_id)
@@ -172,14 +222,18 @@ class SqlRoutingSource:
 
 
 def call_tracking_ports(
-    session: AsyncSession, box: SecretBox, *, queue: JobQueue | None = None
+    session: AsyncSession,
+    box: SecretBox,
+    *,
+    queue: JobQueue | None = None,
+    routing_cache: RoutingCache | None = None,
 ) -> CallTrackingPorts:
     """Every port of the call-tracking service on one session."""
     return CallTrackingPorts(
         inbox=SqlEventInbox(session),
         calls=SqlCallStore(session),
         jobs=SqlJobOutbox(session, queue or JobQueue()),
-        routing=SqlRoutingSource(session, box),
+        routing=SqlRoutingSource(session, box, routing_cache),
     )
 
 

@@ -10,7 +10,7 @@ so a request is accepted whole or not at all, and 202 means committed. Each even
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from callbridge.domain.errors import InvalidEventError
 from callbridge.pbx.webhook import EVENT_TYPES, EventBatch, WebhookVerifier
 from callbridge.services.call_tracking import Outcome, track_events
-from callbridge.storage.call_tracking import call_tracking_ports
+from callbridge.storage.call_tracking import RoutingCache, call_tracking_ports
 from callbridge.storage.repositories import EnterpriseRepository
 from callbridge.web.deps import SecretBoxDep, SessionDep
 from callbridge.web.errors import ErrorResponse
@@ -99,6 +99,15 @@ class VerifiedEnterprise:
 verified_enterprise = VerifiedEnterprise()
 
 
+def get_routing_cache(request: Request) -> RoutingCache:
+    """The app's cache of enterprise routings, made on first use."""
+    cache = getattr(request.app.state, "pbx_routing_cache", None)
+    if cache is None:
+        cache = RoutingCache()
+        request.app.state.pbx_routing_cache = cache
+    return cast(RoutingCache, cache)
+
+
 class EventResult(BaseModel):
     """What became of one event of the request, in the request's order."""
 
@@ -129,6 +138,7 @@ async def receive_events(
     events: Annotated[EventBatch, Body(description="One event, or a list of up to 500.")],
     session: SessionDep,
     box: SecretBoxDep,
+    routing_cache: Annotated[RoutingCache, Depends(get_routing_cache)],
 ) -> IngestResponse:
     """Store and apply one event or a list of events: all of them, or none (see docs)."""
     try:
@@ -138,7 +148,8 @@ async def receive_events(
         raise RequestValidationError(
             [{"loc": ("body",), "msg": err.message, "type": "value_error"}]
         ) from err
-    outcomes = await track_events(call_tracking_ports(session, box), enterprise_id, facts)
+    ports = call_tracking_ports(session, box, routing_cache=routing_cache)
+    outcomes = await track_events(ports, enterprise_id, facts)
     return _response([event.event_id for event in events], outcomes)
 
 

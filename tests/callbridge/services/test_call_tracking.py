@@ -21,7 +21,11 @@ from callbridge.services.call_tracking import (
     Outcome,
     track_events,
 )
-from callbridge.storage.call_tracking import call_tracking_ports, policy_from_settings
+from callbridge.storage.call_tracking import (
+    RoutingCache,
+    call_tracking_ports,
+    policy_from_settings,
+)
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.models import (
@@ -403,3 +407,21 @@ def _users() -> list[Bitrix24User]:
         Bitrix24User(user_id=user, extension=ext)
         for ext, user in (("101", IVAN), ("102", MARIA), ("103", OLEG))
     ]
+
+
+class TestRoutingCache:
+    async def test_routing_is_reused_until_it_expires(self, session: AsyncSession) -> None:
+        now = [0.0]
+        cache = RoutingCache(ttl_seconds=10, clock=lambda: now[0])
+        tenant = await make_tenant(session, settings={"default_user_id": 7})
+        ports = call_tracking_ports(session, BOX, routing_cache=cache)
+        first = await ports.routing.for_enterprise(tenant.enterprise_id)
+        assert first.policy.default_user_id == 7
+        integration = await session.get(Bitrix24Integration, tenant.integration_id)
+        assert integration is not None
+        integration.settings = {"default_user_id": 8}
+        await session.flush()
+        assert await ports.routing.for_enterprise(tenant.enterprise_id) is first
+        now[0] = 10.0
+        fresh = await ports.routing.for_enterprise(tenant.enterprise_id)
+        assert fresh.policy.default_user_id == 8

@@ -2,7 +2,7 @@
 
 The domain call lives in ``calls.model`` (its ``to_dict``); the other columns are a summary of
 it for queries and the admin pages, rewritten on every save. :meth:`CallRepository.lock`
-holds the row until the transaction ends (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's
+holds the row until the transaction ends (an upsert, which row-locks on PostgreSQL; SQLite's
 write lock is already held by ``BEGIN IMMEDIATE``), creating an empty row first for a new call,
 so two transactions never both believe they hold a new call.
 """
@@ -35,26 +35,29 @@ class CallRepository(Repository[CallRow]):
 
     async def lock(self, enterprise_id: int, linkedid: str) -> CallRow:
         """The call's row, locked until the transaction ends; created (empty) if missing."""
-        row = await self._select_for_update(enterprise_id, linkedid)
-        if row is None:
-            # Concurrent creators meet on the unique key: the loser waits for the winner's
-            # commit, inserts nothing, and then locks the winner's row.
-            dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-            now = utcnow()
-            await self.session.execute(
-                dialect_insert(CallRow)
-                .values(
-                    enterprise_id=enterprise_id,
-                    linkedid=linkedid,
-                    model={},
-                    ringing={},
-                    created_at=now,
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["enterprise_id", "linkedid"])
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        now = utcnow()
+        insert = dialect_insert(CallRow).values(
+            enterprise_id=enterprise_id,
+            linkedid=linkedid,
+            model={},
+            ringing={},
+            created_at=now,
+            updated_at=now,
+        )
+        # One round trip creates or locks: the conflicting row is updated, which locks it on
+        # PostgreSQL like FOR UPDATE. A concurrent creator waits on the unique key for the
+        # winner's commit, then updates (and returns) the committed row.
+        statement = (
+            insert.on_conflict_do_update(
+                index_elements=["enterprise_id", "linkedid"],
+                set_={"updated_at": insert.excluded.updated_at},
             )
-            row = await self._select_for_update(enterprise_id, linkedid)
-            assert row is not None
+            .returning(CallRow)
+            # The row may be in the identity map from before the lock: read it afresh.
+            .execution_options(populate_existing=True)
+        )
+        row = (await self.session.execute(statement)).scalar_one()
         self._locked[(enterprise_id, linkedid)] = row
         return row
 
@@ -74,16 +77,6 @@ class CallRepository(Repository[CallRow]):
                 CallRow.enterprise_id == enterprise_id, CallRow.linkedid == linkedid
             )
         )
-
-    async def _select_for_update(self, enterprise_id: int, linkedid: str) -> CallRow | None:
-        statement = (
-            self.select()
-            .where(CallRow.enterprise_id == enterprise_id, CallRow.linkedid == linkedid)
-            .with_for_update()
-            # The row may be in the identity map from before the lock: read it afresh.
-            .execution_options(populate_existing=True)
-        )
-        return await self.one_or_none(statement)
 
 
 def _summarise(row: CallRow, call: Call) -> None:

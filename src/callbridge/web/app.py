@@ -18,10 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from callbridge import __version__
 from callbridge.config import Settings
 from callbridge.logging import get_logger
+from callbridge.portals import Portals, running_portals
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.probe import safe_url
-from callbridge.web import health, pbx
+from callbridge.web import bitrix24_app, health, pbx
 from callbridge.web.background import WorkerFactory, WorkerRunner
 from callbridge.web.errors import install_error_handlers
 
@@ -46,6 +47,7 @@ class State(TypedDict):
     session_factory: async_sessionmaker[AsyncSession]
     http_client: httpx.AsyncClient
     secret_box: SecretBox
+    bitrix24_portals: Portals
     worker: WorkerRunner | None
 
 
@@ -75,6 +77,9 @@ def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = Non
             stack.push_async_callback(http_client.aclose)
             session_factory = create_session_factory(engine)
             secret_box = SecretBox(settings.fernet_keys())
+            portals = await stack.enter_async_context(
+                running_portals(settings, session_factory, http_client, secret_box)
+            )
 
             runner: WorkerRunner | None = None
             if worker_factory is not None:
@@ -97,6 +102,7 @@ def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = Non
                 session_factory=session_factory,
                 http_client=http_client,
                 secret_box=secret_box,
+                bitrix24_portals=portals,
                 worker=runner,
             )
             logger.info("callbridge web app stopping")
@@ -114,4 +120,5 @@ def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = Non
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(pbx.router)
+    app.include_router(bitrix24_app.router)
     return app

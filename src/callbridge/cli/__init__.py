@@ -8,6 +8,7 @@ to fix, with a non-zero exit code; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -70,6 +71,11 @@ class _CallbridgeGroup(TyperGroup):
             return super().invoke(ctx)
         except CallbridgeError as err:
             _fail(ctx, err.message)
+        except BrokenPipeError:
+            # Whoever read our output left (`callbridge jobs list | head`): not a failure of
+            # ours, and certainly not a database error (BrokenPipeError is a ConnectionError).
+            _discard_stdout()
+            raise typer.Exit(0) from None
         except (SQLAlchemyError, ConnectionError, socket.gaierror) as err:
             # A database failure that escaped the storage boundary: still one readable line.
             settings = ctx.obj if isinstance(ctx.obj, Settings) else None
@@ -83,6 +89,12 @@ class _CallbridgeGroup(TyperGroup):
                 f"cannot use {err.filename} ({err.strerror}); "
                 f"check {ENV_PREFIX}VAR_DIR and {ENV_PREFIX}DATABASE_URL",
             )
+
+
+def _discard_stdout() -> None:
+    # Python flushes stdout at exit and would report the broken pipe again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _fail(ctx: typer.Context, message: str) -> NoReturn:

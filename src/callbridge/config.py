@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     worker_poll_interval_seconds: float = Field(default=1.0, gt=0)
     worker_shutdown_timeout_seconds: float = Field(default=30.0, ge=0)
     job_lease_seconds: float = Field(default=60.0, gt=0)
+    #: Pack ready Bitrix24 commands into ``batch`` requests (off: one request per command).
+    dispatcher_batching: bool = True
+    api_log_retention_days: float = Field(default=30.0, gt=0)
+    job_retention_days: float = Field(default=7.0, gt=0)
+    maintenance_interval_seconds: float = Field(default=3600.0, gt=0)
 
     @field_validator("encryption_keys", mode="before")
     @classmethod

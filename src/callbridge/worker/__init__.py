@@ -6,10 +6,13 @@ task, and call ``worker.stop()`` on shutdown.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from callbridge.config import Settings
 from callbridge.storage.job_queue import JobQueue
+from callbridge.worker.maintenance import Retention, run_maintenance
 from callbridge.worker.registry import JobContext, JobRegistry, default_registry
 from callbridge.worker.retry import RetryDecision, RetryPolicy
 from callbridge.worker.worker import Worker
@@ -34,7 +37,7 @@ def build_worker(
     listen_url = None
     if engine.dialect.name == "postgresql":
         listen_url = engine.url.render_as_string(hide_password=False)
-    return Worker(
+    worker = Worker(
         session_factory,
         registry if registry is not None else default_registry(),
         queue=JobQueue(lease_seconds=settings.job_lease_seconds),
@@ -43,3 +46,12 @@ def build_worker(
         shutdown_timeout=settings.worker_shutdown_timeout_seconds,
         listen_url=listen_url,
     )
+    retention = Retention(
+        api_log=timedelta(days=settings.api_log_retention_days),
+        finished_jobs=timedelta(days=settings.job_retention_days),
+    )
+    worker.add_side_task(
+        "maintenance",
+        lambda: run_maintenance(session_factory, retention, settings.maintenance_interval_seconds),
+    )
+    return worker

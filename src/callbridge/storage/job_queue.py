@@ -25,7 +25,8 @@ included) must be rolled back. Delivery is therefore at-least-once; handlers are
 
 Ordering keys. Jobs with the same ``ordering_key`` run one at a time, in id (= enqueue) order:
 a job is claimable only while no *earlier* job with its key is ``queued``, ``running`` or
-``dead``. Decisions:
+``dead``. (:meth:`JobQueue.claim_chains` takes a key's run of ready jobs together, for a worker
+that sends them in order in one request, e.g. one Bitrix24 ``batch``.) Decisions:
 
 - a **dead** predecessor blocks its key, because order is the point (a call's ``finish`` must not
   overtake its ``register``). The key stays visibly stuck until an operator runs ``jobs retry``
@@ -60,7 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -89,6 +90,19 @@ FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.CANCELLED)
 Clock = Callable[[], datetime]
 
 _jobs = cast(Table, Job.__table__)
+_CLAIMED_COLUMNS = (
+    _jobs.c.id,
+    _jobs.c.kind,
+    _jobs.c.payload,
+    _jobs.c.attempts,
+    _jobs.c.max_attempts,
+    _jobs.c.locked_by,
+    _jobs.c.lease_expires_at,
+    _jobs.c.ordering_key,
+    _jobs.c.depends_on,
+    _jobs.c.integration_id,
+    _jobs.c.call_id,
+)
 _NOTIFIED_KEY = "callbridge.job_queue.notified"
 
 
@@ -260,6 +274,132 @@ class JobQueue:
         )
         rows = (await session.execute(statement)).all()
         claimed = [ClaimedJob(**row._asdict()) for row in rows]
+        claimed.sort(key=lambda job: job.id)
+        return claimed
+
+    async def claim_chains(
+        self,
+        session: AsyncSession,
+        worker: str,
+        *,
+        limit: int,
+        kinds: Iterable[str] | None = None,
+        integration_id: int | None = None,
+        holding: Collection[int] = (),
+        scan: int | None = None,
+    ) -> list[ClaimedJob]:
+        """Claim due jobs together with their ready successors of the same ordering key.
+
+        :meth:`claim` takes at most the first pending job of a key. Here a key's *run* of ready
+        jobs is taken at once (e.g. a call's register, show and finish, for one Bitrix24
+        batch): a job is taken only if every earlier pending job of its key is taken too, or is
+        in ``holding`` (jobs this worker already claimed and has not finished). Runs are taken
+        by their first job's (run_after, id), the last one cut to fit ``limit``; the result is in
+        id order. ``scan`` bounds the rows looked at (default ``4 * limit``).
+        """
+        if limit < 1:
+            return []
+        now = self.now()
+        if self._next_recovery is None or now >= self._next_recovery:
+            await self.recover_expired(session)
+            self._next_recovery = now + timedelta(seconds=self.recovery_interval)
+        held = list(holding)
+        earlier = aliased(Job)
+        dependency = aliased(Job)
+        # Cheap pre-filter: a dead job, or a running one somebody else holds, ends its key's run.
+        blocker = or_(
+            earlier.status == JobStatus.DEAD.value,
+            and_(earlier.status == JobStatus.RUNNING.value, earlier.id.not_in(held))
+            if held
+            else earlier.status == JobStatus.RUNNING.value,
+        )
+        candidates = (
+            select(Job.id, Job.ordering_key, Job.run_after)
+            .where(
+                Job.status == JobStatus.QUEUED.value,
+                Job.run_after <= now,
+                or_(
+                    Job.ordering_key.is_(None),
+                    not_(
+                        exists().where(
+                            earlier.ordering_key == Job.ordering_key,
+                            earlier.id < Job.id,
+                            blocker,
+                        )
+                    ),
+                ),
+                or_(
+                    Job.depends_on.is_(None),
+                    exists().where(
+                        dependency.id == Job.depends_on,
+                        dependency.status == JobStatus.SUCCEEDED.value,
+                    ),
+                ),
+            )
+            .order_by(Job.run_after, Job.id)
+            .limit(scan or 4 * limit)
+        )
+        if kinds is not None:
+            candidates = candidates.where(Job.kind.in_(list(kinds)))
+        if integration_id is not None:
+            candidates = candidates.where(Job.integration_id == integration_id)
+        if _is_postgres(session):
+            # Locked rows (another claimer's) are skipped, so they are not candidates, and the
+            # walk below stops a key's run before them.
+            candidates = candidates.with_for_update(skip_locked=True, of=Job)
+            await session.execute(
+                text(
+                    "SELECT set_config('enable_sort', 'off', true), "
+                    "set_config('enable_bitmapscan', 'off', true)"
+                )
+            )
+        rows = (await session.execute(candidates)).all()
+        if not rows:
+            return []
+        ready = {row.id: row for row in rows}
+        keys = sorted({row.ordering_key for row in rows if row.ordering_key is not None})
+        pending: dict[str, list[int]] = {}
+        if keys:
+            pending_rows = await session.execute(
+                select(Job.id, Job.ordering_key)
+                .where(Job.ordering_key.in_(keys), Job.status.in_(BLOCKING_STATUSES))
+                .order_by(Job.id)
+            )
+            for job_id, key in pending_rows:
+                if key is not None:
+                    pending.setdefault(key, []).append(job_id)
+        held_ids = set(held)
+        runs: list[list[int]] = []
+        for key in keys:
+            run: list[int] = []
+            for job_id in pending.get(key, []):
+                if job_id in held_ids:
+                    continue
+                if job_id not in ready:
+                    break  # not due, locked, blocked by a dependency or of another kind
+                run.append(job_id)
+            if run:
+                runs.append(run)
+        runs.extend([row.id] for row in rows if row.ordering_key is None)
+        runs.sort(key=lambda run: (ready[run[0]].run_after, run[0]))
+        chosen: list[int] = []
+        for run in runs:
+            chosen.extend(run[: limit - len(chosen)])
+            if len(chosen) >= limit:
+                break
+        statement = (
+            update(_jobs)
+            .where(_jobs.c.id.in_(chosen), _jobs.c.status == JobStatus.QUEUED.value)
+            .values(
+                status=JobStatus.RUNNING.value,
+                locked_by=worker,
+                lease_expires_at=now + self._lease,
+                attempts=_jobs.c.attempts + 1,
+                updated_at=now,
+            )
+            .returning(*_CLAIMED_COLUMNS)
+        )
+        claimed = [ClaimedJob(**row._asdict()) for row in await session.execute(statement)]
         claimed.sort(key=lambda job: job.id)
         return claimed
 

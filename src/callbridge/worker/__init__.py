@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from callbridge.config import Settings
 from callbridge.storage.job_queue import JobQueue
+from callbridge.worker.dispatcher import DISPATCHER_KIND, Dispatcher
 from callbridge.worker.maintenance import Retention, run_maintenance
 from callbridge.worker.registry import JobContext, JobRegistry, default_registry
 from callbridge.worker.retry import RetryDecision, RetryPolicy
@@ -37,15 +38,23 @@ def build_worker(
     listen_url = None
     if engine.dialect.name == "postgresql":
         listen_url = engine.url.render_as_string(hide_password=False)
+    registry = registry if registry is not None else default_registry()
+    queue = JobQueue(lease_seconds=settings.job_lease_seconds)
     worker = Worker(
         session_factory,
-        registry if registry is not None else default_registry(),
-        queue=JobQueue(lease_seconds=settings.job_lease_seconds),
+        registry,
+        queue=queue,
+        # Bitrix24 commands belong to the dispatcher, which batches them per portal.
+        kinds=registry.kinds - {DISPATCHER_KIND},
         concurrency=settings.worker_concurrency,
         poll_interval=settings.worker_poll_interval_seconds,
         shutdown_timeout=settings.worker_shutdown_timeout_seconds,
         listen_url=listen_url,
     )
+    dispatcher = Dispatcher(
+        settings, session_factory, queue=queue, listen_url=listen_url, name=f"{worker.name}/b24"
+    )
+    worker.add_side_task("bitrix24-dispatcher", dispatcher.run)
     retention = Retention(
         api_log=timedelta(days=settings.api_log_retention_days),
         finished_jobs=timedelta(days=settings.job_retention_days),

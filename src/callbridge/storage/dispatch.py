@@ -1,0 +1,122 @@
+"""The storage side of the Bitrix24 dispatcher (``worker/dispatcher.py``).
+
+What the dispatcher reads before a request (which portals have work, the ``CALL_ID`` of each leg
+its commands name) and writes after it (the register's results into the call model, a
+``bitrix24_calls`` row per leg, the integration's status when its tokens are refused). Like every
+repository here it flushes and never commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from callbridge.storage.models import Bitrix24Call, Bitrix24Integration, IntegrationStatus, Job
+from callbridge.storage.models import Call as CallRow
+from callbridge.storage.models import JobStatus as JobStatusEnum
+from callbridge.storage.types import utcnow
+
+
+@dataclass(frozen=True)
+class LegUpdate:
+    """What one command taught us about a leg (only the fields it knows are set)."""
+
+    call_row_id: int
+    integration_id: int
+    leg: int
+    external_call_id: str
+    bitrix24_call_id: str | None = None
+    user_id: int | None = None
+    status: str | None = None  # registered | finished
+    status_code: str | None = None
+    duration: int | None = None
+    finished_at: datetime | None = None
+
+
+class DispatchRepository:
+    """Queries the dispatcher makes, on the caller's session."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def portals_with_due_jobs(self, kind: str, now: datetime) -> list[int]:
+        """Active integrations with a due, queued job of ``kind`` (paused ones are left out)."""
+        statement = (
+            select(Job.integration_id)
+            .join(Bitrix24Integration, Bitrix24Integration.id == Job.integration_id)
+            .where(
+                Job.status == JobStatusEnum.QUEUED.value,
+                Job.kind == kind,
+                Job.run_after <= now,
+                Bitrix24Integration.status == IntegrationStatus.ACTIVE.value,
+            )
+            .distinct()
+        )
+        return sorted(row for row in (await self.session.scalars(statement)).all() if row)
+
+    async def integration(self, integration_id: int) -> Bitrix24Integration | None:
+        """The integration row (read afresh: another process may have changed its status)."""
+        return await self.session.get(Bitrix24Integration, integration_id, populate_existing=True)
+
+    async def leg_call_ids(self, call_row_ids: Collection[int]) -> dict[tuple[int, int], str]:
+        """The known Bitrix24 ``CALL_ID`` of each leg of these calls, by (calls.id, leg)."""
+        if not call_row_ids:
+            return {}
+        rows = await self.session.execute(
+            select(CallRow.id, CallRow.model).where(CallRow.id.in_(sorted(call_row_ids)))
+        )
+        found: dict[tuple[int, int], str] = {}
+        for row_id, model in rows:
+            for leg in (model or {}).get("legs", []):
+                call_id = leg.get("bitrix24_call_id")
+                if call_id:
+                    found[(row_id, int(leg["number"]))] = str(call_id)
+        return found
+
+    async def save_legs(self, updates: Iterable[LegUpdate]) -> None:
+        """Create or update the ``bitrix24_calls`` row of each leg (the call must be locked)."""
+        for update in updates:
+            row = await self.session.scalar(
+                select(Bitrix24Call).where(
+                    Bitrix24Call.call_id == update.call_row_id, Bitrix24Call.leg == update.leg
+                )
+            )
+            if row is None:
+                row = Bitrix24Call(
+                    call_id=update.call_row_id,
+                    integration_id=update.integration_id,
+                    leg=update.leg,
+                    external_call_id=update.external_call_id,
+                    status="pending",
+                    duration=0,
+                )
+                self.session.add(row)
+            values: dict[str, Any] = {
+                "bitrix24_call_id": update.bitrix24_call_id,
+                "user_id": update.user_id,
+                "status_code": update.status_code,
+                "duration": update.duration,
+                "finished_at": update.finished_at,
+            }
+            for name, value in values.items():
+                if value is not None:
+                    setattr(row, name, value)
+            # A late "registered" (a retried register) must not undo "finished".
+            if update.status is not None and row.status != "finished":
+                row.status = update.status
+            row.updated_at = utcnow()
+        await self.session.flush()
+
+    async def pause_integration(self, integration_id: int, status: str, reason: str) -> bool:
+        """Set a live integration's status (needs_reauth, portal_deleted); False if it was not."""
+        row = await self.integration(integration_id)
+        if row is None or row.status != IntegrationStatus.ACTIVE.value:
+            return False
+        row.status, row.status_reason = status, reason[:2000]
+        await self.session.flush()
+        return True

@@ -1,0 +1,783 @@
+"""The per-portal dispatcher: ``bitrix24.command`` jobs to Bitrix24, in order, batched, in budget.
+
+One *lane* per portal (integration) drains its ready jobs, one request at a time:
+
+1. claim the portal's ready jobs with :meth:`JobQueue.claim_chains` (a call's register, show and
+   finish come together, so they can share a request), then take a slot of the portal's rate
+   budget; if that meant waiting, claim again what became ready meanwhile (up to 50). One ready
+   command goes at once, alone; several go as one ``batch``;
+2. a command names a leg: its ``CALL_ID`` is the one stored in the call model, or, when the leg's
+   register rides in the same batch, the reference ``$result[j<register job>][CALL_ID]``;
+3. write the results back (register's ``CALL_ID`` and CRM entity into the call model, a
+   ``bitrix24_calls`` row per leg) and complete or fail the jobs, in one transaction. No
+   transaction is open while Bitrix24 is called (SQLite has one writer; the client reads tokens in
+   its own transactions).
+
+Batches run with ``halt=1``: the portal stops at the first failing command, so nothing after it,
+in particular no command of the same call, runs out of order. The failed job gets its own fate
+(per the retry policy); the jobs after it were not run and go back without spending an attempt.
+
+What a failure of the whole request does, by the client's error class:
+
+- ``ReauthRequired``: the integration goes to ``needs_reauth`` (reason kept); its jobs go back
+  untouched with ``last_error`` saying why, and no lane runs for it until it is ``active`` again;
+- ``RetryLater`` (503 ``QUERY_LIMIT_EXCEEDED``, 429): the portal pauses for ``retry_after``, the
+  jobs go back for then, no attempt spent;
+- ``BackOff`` (5xx, network): the portal is down, not the jobs at fault: the lane pauses with
+  exponential backoff (capped at a minute), the jobs go back without spending attempts, and after
+  three failures in a row it probes with one command per request until one succeeds;
+- ``PortalGone``: the integration becomes ``portal_deleted``, the jobs die (kept, retryable);
+- another ``Permanent`` error of a batch: the commands are sent one by one for a while, so the
+  culprit dies alone; of a single command: that job dies;
+- anything else: the retry policy decides, spending an attempt.
+
+Wake-ups: PostgreSQL ``NOTIFY``, a commit in this process that enqueued a command (all-in-one
+mode, either database), a lane's own progress, or the poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import Enum
+from typing import Any, Final
+
+import httpx
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+from callbridge.config import Settings
+from callbridge.crm.bitrix24.auth import Credentials
+from callbridge.crm.bitrix24.client import BATCH_LIMIT, Bitrix24Client
+from callbridge.crm.bitrix24.errors import BackOff, PortalGone, ReauthRequired
+from callbridge.crm.bitrix24.rate_limit import RateLimiter, RatePlan
+from callbridge.domain.commands import (
+    AttachRecord,
+    Command,
+    FinishCall,
+    RegisterCall,
+    command_from_dict,
+)
+from callbridge.domain.errors import (
+    CallStateError,
+    LeaseLostError,
+    Permanent,
+    RetryLater,
+)
+from callbridge.portals import Portals, running_portals
+from callbridge.services.call_tracking import BITRIX24_COMMAND_JOB
+from callbridge.storage.crypto import SecretBox
+from callbridge.storage.dispatch import DispatchRepository, LegUpdate
+from callbridge.storage.job_queue import ClaimedJob, JobQueue, list_jobs, listen_for_jobs
+from callbridge.storage.models import Bitrix24Integration, IntegrationStatus, Job
+from callbridge.storage.repositories.calls import CallRepository
+from callbridge.worker.retry import RetryPolicy
+
+__all__ = ["DISPATCHER_KIND", "Dispatcher", "LegNotRegisteredError"]
+
+logger = logging.getLogger(__name__)
+
+DISPATCHER_KIND: Final = BITRIX24_COMMAND_JOB
+#: A portal that failed this many requests in a row is probed with one command at a time.
+PROBE_AFTER_FAILURES: Final = 3
+MAX_PORTAL_BACKOFF: Final = 60.0
+#: Rounds sent one command per request after a batch was refused as a whole.
+ISOLATION_ROUNDS: Final = 50
+# Below this, waiting for a rate-budget slot is noise, not a reason to look for more jobs.
+_TOPUP_AFTER_WAIT: Final = 0.002
+
+
+class LegNotRegisteredError(Permanent):
+    """The command's leg has no Bitrix24 CALL_ID: its register did not succeed."""
+
+
+class RecordUploadUnsupportedError(Permanent):
+    """A recording known only as a file on the PBX cannot be uploaded yet (needs a RECORD_URL)."""
+
+
+# --- one request's plan and outcome ---------------------------------------------------------------
+
+
+@dataclass
+class _Planned:
+    """A claimed job turned into a command of the next request."""
+
+    job: ClaimedJob
+    name: str
+    call_row_id: int
+    enterprise_id: int
+    linkedid: str
+    leg: int
+    external_call_id: str
+    command: Command | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    #: The register of the same request this command's CALL_ID refers to.
+    refers_to: str | None = None
+    #: Nothing to send (the leg is already registered): done with this result.
+    ready: dict[str, Any] | None = None
+    #: Cannot be sent at all.
+    error: Exception | None = None
+
+    @property
+    def sendable(self) -> bool:
+        return self.ready is None and self.error is None and self.command is not None
+
+
+class _Fate(Enum):
+    DONE = "done"
+    FAILED = "failed"  # the retry policy decides
+    NOT_RUN = "not_run"  # back in the queue after ``delay``, no attempt spent
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    fate: _Fate
+    result: dict[str, Any] | None = None
+    error: BaseException | None = None
+    delay: float = 0.0
+    note: str = ""
+
+
+@dataclass
+class _Lane:
+    """A portal's dispatch state in this process."""
+
+    task: asyncio.Task[None] | None = None
+    #: Set when work was seen while the lane ran: it looks once more before ending.
+    kick: bool = False
+    paused_until: float = 0.0  # time.monotonic()
+    failures: int = 0
+    isolate_rounds: int = 0
+    reauth: bool = False
+
+
+class _Prepaid:
+    """A rate limiter whose first slot was already taken (the lane waited before claiming)."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+        self._paid = True
+
+    async def acquire(self, key: str, plan: RatePlan) -> float:
+        """Free the first time; afterwards (refresh, a 503 retry) the real budget."""
+        if self._paid:
+            self._paid = False
+            return 0.0
+        return await self._limiter.acquire(key, plan)
+
+    async def penalise(self, key: str, plan: RatePlan) -> None:
+        """Pass the portal's complaint on."""
+        await self._limiter.penalise(key, plan)
+
+
+# --- in-process wake-ups --------------------------------------------------------------------------
+
+_ENQUEUED_KEY = "callbridge.dispatcher.enqueued"
+_listening: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+_hooked = False
+
+
+def _after_flush(session: Session, _context: Any) -> None:
+    # ``session.new`` still lists what this flush inserted.
+    for obj in session.new:
+        if isinstance(obj, Job) and obj.kind == DISPATCHER_KIND:
+            session.info[_ENQUEUED_KEY] = True
+            return
+
+
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_ENQUEUED_KEY, False):
+        for dispatcher in list(_listening):
+            dispatcher.wake_threadsafe()
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_ENQUEUED_KEY, None)
+
+
+def _hook_commits() -> None:
+    """Wake this process's dispatchers when a transaction that enqueued a command commits."""
+    global _hooked
+    if _hooked:
+        return
+    event.listen(Session, "after_flush", _after_flush)
+    event.listen(Session, "after_commit", _after_commit)
+    event.listen(Session, "after_rollback", _after_rollback)
+    _hooked = True
+
+
+# --- the dispatcher -------------------------------------------------------------------------------
+
+
+class Dispatcher:
+    """Sends every portal's ``bitrix24.command`` jobs; run it as a worker side task.
+
+    Parameters
+    ----------
+    settings
+        HTTP timeout, poll interval, batching switch, and what :class:`Portals` needs.
+    session_factory
+        One short transaction per claim and per write-back.
+    portals
+        Clients for integrations; by default built in :meth:`run` with its own HTTP client.
+    queue
+        The job queue (its clock and lease length).
+    batching
+        Pack ready commands into ``batch`` requests (default: ``settings.dispatcher_batching``).
+    listen_url
+        PostgreSQL URL to LISTEN for new jobs on.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: async_sessionmaker[AsyncSession],
+        *,
+        portals: Portals | None = None,
+        queue: JobQueue | None = None,
+        retry_policy: RetryPolicy | None = None,
+        batching: bool | None = None,
+        max_batch: int = BATCH_LIMIT,
+        poll_interval: float | None = None,
+        shutdown_timeout: float | None = None,
+        listen_url: str | None = None,
+        name: str = "dispatcher",
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.queue = queue or JobQueue(lease_seconds=settings.job_lease_seconds)
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.batching = settings.dispatcher_batching if batching is None else batching
+        self.max_batch = max(1, min(max_batch, BATCH_LIMIT))
+        self.poll_interval = poll_interval or settings.worker_poll_interval_seconds
+        self.shutdown_timeout = (
+            settings.worker_shutdown_timeout_seconds
+            if shutdown_timeout is None
+            else shutdown_timeout
+        )
+        self.listen_url = listen_url
+        self.name = name
+        self._given_portals = portals
+        self._portals: Portals | None = portals
+        self._lanes: dict[int, _Lane] = {}
+        self._in_flight: dict[int, ClaimedJob] = {}
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Requests sent and commands in them (for benchmarks and tests).
+        self.requests = 0
+        self.commands = 0
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Look for ready jobs now."""
+        self._wakeup.set()
+
+    def wake_threadsafe(self) -> None:
+        """:meth:`wake` from any thread (SQLAlchemy's commit hook runs in the loop's thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wakeup.set()
+        else:
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def run(self) -> None:
+        """Dispatch until cancelled; then let running requests finish and record them."""
+        self._loop = asyncio.get_running_loop()
+        _hook_commits()
+        _listening.add(self)
+        async with self._own_portals() as portals:
+            self._portals = portals
+            helpers = [asyncio.create_task(self._heartbeat(), name="dispatcher-heartbeat")]
+            if self.listen_url is not None:
+                helpers.append(
+                    asyncio.create_task(
+                        listen_for_jobs(self.listen_url, self.wake), name="dispatcher-listener"
+                    )
+                )
+            try:
+                while not self._stopping:
+                    self._wakeup.clear()
+                    await self._schedule()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+            finally:
+                self._stopping = True
+                _listening.discard(self)
+                # Shielded: a cancelled side task still lets requests in flight be recorded.
+                await asyncio.shield(self._stop_lanes())
+                for helper in helpers:
+                    helper.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def wait_idle(self) -> None:
+        """Return once no command job is queued or running (tests and benchmarks)."""
+        while True:
+            async with self.session_factory() as session:
+                queued = await list_jobs(session, status="queued", kind=DISPATCHER_KIND, limit=1)
+                running = await list_jobs(session, status="running", kind=DISPATCHER_KIND, limit=1)
+            if not queued and not running and not self._in_flight:
+                return
+            self.wake()
+            await asyncio.sleep(0.02)
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _own_portals(self) -> AsyncIterator[Portals]:
+        if self._given_portals is not None:
+            yield self._given_portals
+            return
+        timeout = httpx.Timeout(
+            self.settings.http_timeout_seconds, connect=min(5.0, self.settings.http_timeout_seconds)
+        )
+        async with (
+            httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http,
+            running_portals(
+                self.settings, self.session_factory, http, SecretBox(self.settings.fernet_keys())
+            ) as portals,
+        ):
+            yield portals
+
+    async def _schedule(self) -> None:
+        try:
+            async with self.session_factory() as session:
+                ready = await DispatchRepository(session).portals_with_due_jobs(
+                    DISPATCHER_KIND, self.queue.now()
+                )
+        except Exception:
+            logger.exception("dispatcher: cannot look for ready jobs; trying again")
+            return
+        now = time.monotonic()
+        for integration_id in ready:
+            lane = self._lanes.setdefault(integration_id, _Lane())
+            if lane.paused_until > now:
+                continue
+            if lane.task is not None and not lane.task.done():
+                lane.kick = True
+                continue
+            lane.kick = False
+            lane.task = asyncio.create_task(
+                self._run_lane(integration_id, lane), name=f"dispatch portal {integration_id}"
+            )
+
+    async def _stop_lanes(self) -> None:
+        tasks = [lane.task for lane in self._lanes.values() if lane.task and not lane.task.done()]
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout or None)
+        for task in pending:
+            task.cancel()  # its jobs' leases run out and another worker sends them again
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run_lane(self, integration_id: int, lane: _Lane) -> None:
+        try:
+            while not self._stopping and lane.paused_until <= time.monotonic():
+                lane.kick = False
+                if not await self._round(integration_id, lane) and not lane.kick:
+                    return
+        except Exception:
+            logger.exception("dispatcher: portal %s failed; pausing it briefly", integration_id)
+            lane.paused_until = time.monotonic() + 5.0
+        finally:
+            # Whatever it finished may unblock the next job of a call (or another portal's).
+            self._wakeup.set()
+
+    # -- one request ---------------------------------------------------------------------------
+
+    async def _round(self, integration_id: int, lane: _Lane) -> bool:
+        """Claim, send and record one request's worth; False when nothing was ready."""
+        async with self.session_factory() as session:
+            row = await DispatchRepository(session).integration(integration_id)
+        if row is None or row.status != IntegrationStatus.ACTIVE.value:
+            return False
+        portals = self._portals_for(row, lane)
+        credentials = portals.credentials_for(row)
+        limit = self.max_batch if self.batching and lane.isolate_rounds <= 0 else 1
+        jobs, known = await self._claim(integration_id, limit, ())
+        if not jobs:
+            return False
+        try:
+            waited = await portals.limiter.acquire(credentials.key, credentials.plan)
+            if waited > _TOPUP_AFTER_WAIT and len(jobs) < limit:
+                # The request could not go at once: take along what became ready meanwhile.
+                more, more_known = await self._claim(
+                    integration_id, limit - len(jobs), [job.id for job in jobs]
+                )
+                jobs = sorted([*jobs, *more], key=lambda job: job.id)
+                known.update(more_known)
+            plans = self._plan(jobs, known)
+            client = self._client(portals, credentials)
+            outcomes = await self._send(client, plans, lane)
+            await self._record(integration_id, row, lane, plans, outcomes)
+        finally:
+            for job in jobs:
+                self._in_flight.pop(job.id, None)
+        if lane.isolate_rounds > 0:
+            lane.isolate_rounds -= 1
+        return True
+
+    def _portals_for(self, row: Bitrix24Integration, lane: _Lane) -> Portals:
+        portals = self._portals
+        assert portals is not None, "the dispatcher is not running"
+        if lane.reauth:
+            # Reconnected: the cached credentials still hold the refused tokens.
+            portals = Portals(
+                portals.settings,
+                portals.session_factory,
+                portals.http,
+                portals.box,
+                limiter=portals.limiter,
+                api_log=portals.api_log,
+            )
+            self._portals = portals
+            lane.reauth = False
+        return portals
+
+    def _client(self, portals: Portals, credentials: Credentials) -> Bitrix24Client:
+        return Bitrix24Client(
+            portals.http,
+            credentials,
+            _Prepaid(portals.limiter),
+            api_log=portals.api_log,
+            timeout=self.settings.http_timeout_seconds,
+        )
+
+    async def _claim(
+        self, integration_id: int, limit: int, holding: Sequence[int]
+    ) -> tuple[list[ClaimedJob], dict[tuple[int, int], str]]:
+        async with self.session_factory() as session:
+            jobs = await self.queue.claim_chains(
+                session,
+                self.name,
+                limit=limit,
+                kinds=[DISPATCHER_KIND],
+                integration_id=integration_id,
+                holding=holding,
+            )
+            call_rows = {job.call_id for job in jobs if job.call_id is not None}
+            known = await DispatchRepository(session).leg_call_ids(call_rows)
+            await session.commit()
+        for job in jobs:
+            self._in_flight[job.id] = job
+        return jobs, known
+
+    def _plan(
+        self, jobs: Sequence[ClaimedJob], known: Mapping[tuple[int, int], str]
+    ) -> list[_Planned]:
+        plans: list[_Planned] = []
+        registers: dict[tuple[int, int], str] = {}
+        for job in jobs:
+            payload = job.payload
+            plan = _Planned(
+                job=job,
+                name=f"j{job.id}",
+                call_row_id=int(payload.get("call_id") or job.call_id or 0),
+                enterprise_id=int(payload.get("enterprise_id") or 0),
+                linkedid=str(payload.get("linkedid") or ""),
+                leg=int(payload.get("leg") or 0),
+                external_call_id=str(payload.get("external_call_id") or ""),
+            )
+            plans.append(plan)
+            try:
+                command = command_from_dict(payload.get("command") or {})
+            except CallStateError as err:
+                plan.error = err
+                continue
+            plan.command = command
+            key = (plan.call_row_id, command.leg)
+            plan.params = command.to_params()
+            if isinstance(command, RegisterCall):
+                if key in known:
+                    # Never register a leg twice: its CALL_ID is already stored.
+                    plan.ready = {"CALL_ID": known[key], "already_registered": True}
+                else:
+                    registers[key] = plan.name
+                continue
+            if isinstance(command, AttachRecord) and not command.url:
+                plan.error = RecordUploadUnsupportedError()
+                continue
+            if key in known:
+                plan.params["CALL_ID"] = known[key]
+            elif key in registers:
+                plan.refers_to = registers[key]
+                plan.params["CALL_ID"] = f"$result[{plan.refers_to}][CALL_ID]"
+            else:
+                plan.error = LegNotRegisteredError(
+                    f"leg {command.leg} of call {plan.linkedid} has no Bitrix24 CALL_ID "
+                    "(its register was cancelled or failed)"
+                )
+        return plans
+
+    async def _send(
+        self, client: Bitrix24Client, plans: Sequence[_Planned], lane: _Lane
+    ) -> dict[int, _Outcome]:
+        outcomes: dict[int, _Outcome] = {}
+        for plan in plans:
+            if plan.ready is not None:
+                outcomes[plan.job.id] = _Outcome(_Fate.DONE, plan.ready)
+            elif plan.error is not None:
+                outcomes[plan.job.id] = _Outcome(_Fate.FAILED, error=plan.error)
+        sendable = [plan for plan in plans if plan.sendable]
+        if not sendable:
+            return outcomes
+        self.requests += 1
+        self.commands += len(sendable)
+        try:
+            if len(sendable) == 1:
+                (plan,) = sendable
+                assert plan.command is not None
+                value = await client.call(plan.command.method, plan.params)
+                outcomes[plan.job.id] = _Outcome(_Fate.DONE, _as_result(value))
+            else:
+                batch = await client.batch(
+                    {
+                        plan.name: (plan.command.method, plan.params)
+                        for plan in sendable
+                        if plan.command is not None
+                    },
+                    halt=True,
+                )
+                for plan in sendable:
+                    if plan.name in batch.errors:
+                        outcomes[plan.job.id] = _Outcome(
+                            _Fate.FAILED, error=batch.errors[plan.name]
+                        )
+                    elif plan.name in batch.results:
+                        outcomes[plan.job.id] = _Outcome(
+                            _Fate.DONE, _as_result(batch.results[plan.name])
+                        )
+                    else:
+                        outcomes[plan.job.id] = _Outcome(
+                            _Fate.NOT_RUN, note="not run: an earlier command of its batch failed"
+                        )
+        except Exception as err:  # noqa: BLE001 - every failure is classified below
+            outcomes.update(self._request_failed(err, sendable, lane))
+            return outcomes
+        lane.failures = 0
+        return outcomes
+
+    def _request_failed(
+        self, err: Exception, sendable: Sequence[_Planned], lane: _Lane
+    ) -> dict[int, _Outcome]:
+        """The fate of a request's jobs when the whole request failed."""
+
+        def every(outcome: _Outcome) -> dict[int, _Outcome]:
+            return {plan.job.id: outcome for plan in sendable}
+
+        now = time.monotonic()
+        if isinstance(err, ReauthRequired):
+            lane.reauth = True
+            return every(
+                _Outcome(_Fate.NOT_RUN, error=err, note=f"paused: needs re-authorisation: {err}")
+            )
+        if isinstance(err, PortalGone):
+            return every(_Outcome(_Fate.FAILED, error=err))
+        if isinstance(err, RetryLater):
+            delay = max(err.retry_after or 0.0, 0.5)
+            lane.paused_until = now + delay
+            return every(
+                _Outcome(_Fate.NOT_RUN, error=err, delay=delay, note=f"backing off: {err}")
+            )
+        if isinstance(err, BackOff):
+            lane.failures += 1
+            delay = min(MAX_PORTAL_BACKOFF, 2.0 ** (lane.failures - 1))
+            lane.paused_until = now + delay
+            if lane.failures >= PROBE_AFTER_FAILURES:
+                lane.isolate_rounds = max(lane.isolate_rounds, 1)
+            logger.warning(
+                "dispatcher: portal request failed (%s); pausing the portal %.0fs", err, delay
+            )
+            return every(
+                _Outcome(_Fate.NOT_RUN, error=err, delay=delay, note=f"portal unavailable: {err}")
+            )
+        if isinstance(err, Permanent) and len(sendable) > 1:
+            # Refused as a whole: send them one by one, so that only the culprit dies.
+            lane.isolate_rounds = ISOLATION_ROUNDS
+            return every(_Outcome(_Fate.NOT_RUN, error=err, note=f"batch refused: {err}"))
+        return every(_Outcome(_Fate.FAILED, error=err))
+
+    # -- recording -----------------------------------------------------------------------------
+
+    async def _record(
+        self,
+        integration_id: int,
+        row: Bitrix24Integration,
+        lane: _Lane,
+        plans: Sequence[_Planned],
+        outcomes: Mapping[int, _Outcome],
+    ) -> None:
+        pause: tuple[str, str] | None = None
+        for outcome in outcomes.values():
+            if isinstance(outcome.error, ReauthRequired):
+                pause = (IntegrationStatus.NEEDS_REAUTH.value, str(outcome.error))
+            elif isinstance(outcome.error, PortalGone) and outcome.fate is _Fate.FAILED:
+                pause = (IntegrationStatus.PORTAL_DELETED.value, str(outcome.error))
+        try:
+            async with self.session_factory() as session:
+                await self._write(session, integration_id, plans, outcomes, pause)
+                await session.commit()
+        except LeaseLostError:
+            # One job's lease was taken over: record the others one by one.
+            for plan in plans:
+                try:
+                    async with self.session_factory() as session:
+                        await self._write(session, integration_id, [plan], outcomes, pause)
+                        await session.commit()
+                except LeaseLostError as err:
+                    logger.warning("dispatcher: %s; its outcome is dropped", err)
+        if pause is not None:
+            logger.error(
+                "dispatcher: Bitrix24 portal %s paused (%s): %s", row.domain, pause[0], pause[1]
+            )
+
+    async def _write(
+        self,
+        session: AsyncSession,
+        integration_id: int,
+        plans: Sequence[_Planned],
+        outcomes: Mapping[int, _Outcome],
+        pause: tuple[str, str] | None,
+    ) -> None:
+        repo = DispatchRepository(session)
+        if pause is not None:
+            await repo.pause_integration(integration_id, *pause)
+        done = [plan for plan in plans if outcomes[plan.job.id].fate is _Fate.DONE]
+        registered: dict[str, str] = {}  # plan name → CALL_ID, for finishes in the same batch
+        calls = CallRepository(session)
+        # Calls in a fixed order, as call tracking locks them: no deadlock between the two.
+        for plan in sorted(done, key=lambda p: (p.enterprise_id, p.linkedid, p.job.id)):
+            result = outcomes[plan.job.id].result or {}
+            if isinstance(plan.command, RegisterCall) and result.get("CALL_ID"):
+                registered[plan.name] = str(result["CALL_ID"])
+                if result.get("already_registered"):
+                    continue
+                call = await calls.load_locked(plan.enterprise_id, plan.linkedid)
+                if call is None:
+                    continue
+                call.leg_registered(
+                    plan.leg,
+                    str(result["CALL_ID"]),
+                    crm_entity_type=_str_or_none(result.get("CRM_ENTITY_TYPE")),
+                    crm_entity_id=_int_or_none(result.get("CRM_ENTITY_ID")),
+                )
+                await calls.save(plan.enterprise_id, call)
+        updates: list[LegUpdate] = []
+        now = self.queue.now()
+        for plan in done:
+            command = plan.command
+            if isinstance(command, RegisterCall):
+                call_id = registered.get(plan.name)
+                updates.append(
+                    LegUpdate(
+                        plan.call_row_id,
+                        integration_id,
+                        plan.leg,
+                        plan.external_call_id,
+                        bitrix24_call_id=call_id,
+                        user_id=command.user_id,
+                        status="registered",
+                    )
+                )
+            elif isinstance(command, FinishCall):
+                call_id = plan.params.get("CALL_ID")
+                if plan.refers_to is not None:
+                    call_id = registered.get(plan.refers_to)
+                updates.append(
+                    LegUpdate(
+                        plan.call_row_id,
+                        integration_id,
+                        plan.leg,
+                        plan.external_call_id,
+                        bitrix24_call_id=str(call_id) if call_id else None,
+                        user_id=command.user_id,
+                        status="finished",
+                        status_code=command.status_code,
+                        duration=command.duration,
+                        finished_at=now,
+                    )
+                )
+        await repo.save_legs(updates)
+        for plan in plans:
+            await self._settle(session, plan.job, outcomes[plan.job.id])
+
+    async def _settle(self, session: AsyncSession, job: ClaimedJob, outcome: _Outcome) -> None:
+        if outcome.fate is _Fate.DONE:
+            await self.queue.complete(session, job, outcome.result)
+            return
+        now = self.queue.now()
+        if outcome.fate is _Fate.NOT_RUN:
+            error = outcome.note or "not run"
+            await self.queue.fail(
+                session,
+                job,
+                error,
+                retry_at=now + timedelta(seconds=outcome.delay),
+                spend_attempt=False,
+            )
+            return
+        assert outcome.error is not None
+        decision = self.retry_policy.decide(outcome.error, job.attempts, job.max_attempts)
+        retry_at = now + timedelta(seconds=decision.delay) if decision.retry else None
+        (logger.warning if decision.retry else logger.error)(
+            "dispatcher: job %d (%s) failed: %s; %s",
+            job.id,
+            (job.payload.get("command") or {}).get("kind"),
+            outcome.error,
+            f"retry in {decision.delay:.1f}s" if decision.retry else "dead",
+        )
+        await self.queue.fail(
+            session,
+            job,
+            f"{type(outcome.error).__name__}: {outcome.error}",
+            retry_at=retry_at,
+            spend_attempt=decision.spend_attempt,
+        )
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        interval = self.queue.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            jobs = list(self._in_flight.values())
+            if not jobs:
+                continue
+            try:
+                async with self.session_factory() as session:
+                    await self.queue.extend_leases(session, self.name, jobs)
+                    await session.commit()
+            except Exception:
+                logger.exception("dispatcher: lease heartbeat failed")
+
+
+def _as_result(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {"result": value}
+
+
+def _str_or_none(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None

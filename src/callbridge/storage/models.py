@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Float,
@@ -313,3 +314,30 @@ class Bitrix24OneTimeCode(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
+
+
+class AmiStatus(Base):
+    """What an enterprise's AMI listener last reported, written by the process that holds it.
+
+    One row per enterprise. ``updated_at`` is refreshed every few seconds while a listener runs,
+    so a row that stopped changing belongs to a process that died (the CLI says "stale").
+    """
+
+    __tablename__ = "ami_status"
+
+    enterprise_id: Mapped[int] = mapped_column(
+        BigIntId,
+        ForeignKey("enterprises.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    )
+    # connecting | connected | disconnected | unreachable | refused | stopped
+    state: Mapped[str] = mapped_column(String(16))
+    pbx: Mapped[str] = mapped_column(String(255), default="")  # host:port, never the secret
+    holder: Mapped[str] = mapped_column(String(128), default="")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    reconnects: Mapped[int] = mapped_column(Integer, default=0)
+    events_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_event_at: Mapped[datetime | None]
+    since: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

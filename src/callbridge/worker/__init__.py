@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from callbridge.config import Settings
 from callbridge.storage.job_queue import JobQueue
+from callbridge.worker.directory import USER_SYNC_TASK, register_directory_jobs, user_sync_task
 from callbridge.worker.dispatcher import DISPATCHER_KIND, Dispatcher
 from callbridge.worker.maintenance import Retention, run_maintenance
 from callbridge.worker.registry import JobContext, JobRegistry, default_registry
@@ -39,6 +40,8 @@ def build_worker(
     if engine.dialect.name == "postgresql":
         listen_url = engine.url.render_as_string(hide_password=False)
     registry = registry if registry is not None else default_registry()
+    # Missed-call notifications and users sync every 5 minutes (users and CRM).
+    directory = register_directory_jobs(registry, settings, session_factory)
     queue = JobQueue(lease_seconds=settings.job_lease_seconds)
     worker = Worker(
         session_factory,
@@ -55,6 +58,7 @@ def build_worker(
         settings, session_factory, queue=queue, listen_url=listen_url, name=f"{worker.name}/b24"
     )
     worker.add_side_task("bitrix24-dispatcher", dispatcher.run)
+    worker.add_side_task(USER_SYNC_TASK, user_sync_task(directory))
     retention = Retention(
         api_log=timedelta(days=settings.api_log_retention_days),
         finished_jobs=timedelta(days=settings.job_retention_days),

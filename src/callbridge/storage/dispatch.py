@@ -80,12 +80,16 @@ class DispatchRepository:
 
     async def save_legs(self, updates: Iterable[LegUpdate]) -> None:
         """Create or update the ``bitrix24_calls`` row of each leg (the call must be locked)."""
+        rows: dict[tuple[int, int], Bitrix24Call] = {}
         for update in updates:
-            row = await self.session.scalar(
-                select(Bitrix24Call).where(
-                    Bitrix24Call.call_id == update.call_row_id, Bitrix24Call.leg == update.leg
+            key = (update.call_row_id, update.leg)
+            row = rows.get(key)
+            if row is None:
+                row = await self.session.scalar(
+                    select(Bitrix24Call).where(
+                        Bitrix24Call.call_id == update.call_row_id, Bitrix24Call.leg == update.leg
+                    )
                 )
-            )
             if row is None:
                 row = Bitrix24Call(
                     call_id=update.call_row_id,
@@ -96,6 +100,7 @@ class DispatchRepository:
                     duration=0,
                 )
                 self.session.add(row)
+            rows[key] = row
             values: dict[str, Any] = {
                 "bitrix24_call_id": update.bitrix24_call_id,
                 "user_id": update.user_id,

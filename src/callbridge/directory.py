@@ -28,6 +28,7 @@ from callbridge.crm.bitrix24.client import Bitrix24Client
 from callbridge.crm.bitrix24.errors import Bitrix24Error
 from callbridge.crm.phones import PhoneNormaliser
 from callbridge.portals import Portals
+from callbridge.services.call_tracking import NOTIFY_MISSED_JOB
 from callbridge.services.responsible import (
     Responsible,
     ResponsibleCache,
@@ -58,8 +59,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The job kind that tells the responsible user about a missed call.
-NOTIFY_MISSED_JOB: Final = "bitrix24.notify_missed"
 USER_SYNC_INTERVAL = timedelta(minutes=5)
 # user.get pages are ordered by ID so that ``start`` offsets stay stable while paging.
 _USER_GET_PARAMS: Final[Mapping[str, Any]] = {"sort": "ID", "order": "ASC"}

@@ -38,16 +38,19 @@ from enum import StrEnum
 from typing import Any, Final
 
 from callbridge.domain.call import Call
-from callbridge.domain.commands import Command, command_to_dict
-from callbridge.domain.events import Event
+from callbridge.domain.commands import Command, FinishCall, command_to_dict
+from callbridge.domain.events import Direction, Event
 from callbridge.domain.ports import CallRepository, EventInbox, JobQueue, RoutingSource
 
 __all__ = [
     "BITRIX24_COMMAND_JOB",
     "JOB_PAYLOAD_VERSION",
+    "NOTIFY_MISSED_JOB",
     "CallTrackingPorts",
     "Outcome",
     "command_job_payload",
+    "is_missed_inbound",
+    "missed_call_payload",
     "ordering_key",
     "track_events",
 ]
@@ -57,6 +60,8 @@ logger = logging.getLogger(__name__)
 #: One job per Bitrix24 command (register, show, hide, finish, attach_record).
 BITRIX24_COMMAND_JOB: Final = "bitrix24.command"
 JOB_PAYLOAD_VERSION: Final = 1
+#: A missed inbound call, told to its responsible user (``im.notify``), after its finish.
+NOTIFY_MISSED_JOB: Final = "bitrix24.notify_missed"
 #: Where webhook events are filed in the inbox (AMI listeners use ``ami:<connection>``).
 WEBHOOK_SOURCE: Final = "webhook"
 
@@ -98,6 +103,32 @@ def command_job_payload(
     }
 
 
+def is_missed_inbound(call: Call, finish: FinishCall) -> bool:
+    """Whether this finish ends an inbound call that nobody answered (leg 0, the customer's)."""
+    return (
+        finish.leg == 0
+        and call.direction is Direction.INBOUND
+        and not call.answered
+        and finish.status_code != "200"
+    )
+
+
+def missed_call_payload(
+    *, call_row_id: int, enterprise_id: int, call: Call, finish: FinishCall
+) -> dict[str, Any]:
+    """The JSON payload of a :data:`NOTIFY_MISSED_JOB`: who to tell, about which number."""
+    return {
+        "version": JOB_PAYLOAD_VERSION,
+        "call_id": call_row_id,
+        "linkedid": call.call_id,
+        "enterprise_id": enterprise_id,
+        "user_id": finish.user_id,
+        "phone_number": call.phone_number or call.external_number,
+        "line": call.line,
+        "started_at": call.started_at.isoformat() if call.started_at else None,
+    }
+
+
 async def track_events(
     ports: CallTrackingPorts,
     enterprise_id: int,
@@ -134,7 +165,7 @@ async def track_events(
             dropped += len(call_commands)
             continue
         for command in call_commands:
-            await ports.jobs.enqueue(
+            job_id = await ports.jobs.enqueue(
                 BITRIX24_COMMAND_JOB,
                 command_job_payload(
                     call_row_id=row_id, enterprise_id=enterprise_id, call=call, command=command
@@ -143,6 +174,18 @@ async def track_events(
                 integration_id=routing.integration_id,
                 call_id=row_id,
             )
+            if isinstance(command, FinishCall) and is_missed_inbound(call, command):
+                # After the finish (so Bitrix24 knows the call), and outside the call's ordering
+                # key: a notification that fails must never hold back the call's recording.
+                await ports.jobs.enqueue(
+                    NOTIFY_MISSED_JOB,
+                    missed_call_payload(
+                        call_row_id=row_id, enterprise_id=enterprise_id, call=call, finish=command
+                    ),
+                    depends_on=job_id,
+                    integration_id=routing.integration_id,
+                    call_id=row_id,
+                )
     if dropped:
         logger.info(
             "enterprise %s has no live Bitrix24 integration: calls tracked, "

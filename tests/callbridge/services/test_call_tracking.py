@@ -86,7 +86,7 @@ async def jobs_of(session: AsyncSession, tenant: Tenant) -> list[Job]:
     statement = (
         select(Job)
         .join(CallRow, CallRow.id == Job.call_id)
-        .where(CallRow.enterprise_id == tenant.enterprise_id)
+        .where(CallRow.enterprise_id == tenant.enterprise_id, Job.kind == BITRIX24_COMMAND_JOB)
         .order_by(Job.id)
     )
     return list((await session.scalars(statement)).all())

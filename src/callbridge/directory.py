@@ -187,10 +187,12 @@ class ResponsibleFinder:
         default_factory=dict
     )
 
-    async def find(
-        self, session: AsyncSession, enterprise_id: int, phone: str
-    ) -> Responsible | ResponsibleMiss:
-        """Who owns ``phone`` in the enterprise's CRM, or why nobody is known."""
+    async def find(self, enterprise_id: int, phone: str) -> Responsible | ResponsibleMiss:
+        """Who owns ``phone`` in the enterprise's CRM, or why nobody is known.
+
+        Reads use short sessions of their own, none open while Bitrix24 is asked: the client
+        reads tokens in its own transactions, and SQLite has one connection per process.
+        """
         number = self.phones.e164(phone)
         if number is None:
             return ResponsibleMiss("invalid_phone", "not a phone number")
@@ -207,7 +209,7 @@ class ResponsibleFinder:
         )
         self._pending[key] = future
         try:
-            outcome = await self._lookup(session, enterprise_id, number)
+            outcome = await self._lookup(enterprise_id, number)
             future.set_result(outcome)
         except BaseException as err:
             future.set_exception(err)
@@ -219,15 +221,14 @@ class ResponsibleFinder:
             self.cache.put(key, outcome)
         return outcome
 
-    async def _lookup(
-        self, session: AsyncSession, enterprise_id: int, number: str
-    ) -> Responsible | ResponsibleMiss:
-        repo = IntegrationRepository(session, self.portals.box)
-        live = [
-            row
-            for row in await repo.for_enterprise(enterprise_id)
-            if row.status == IntegrationStatus.ACTIVE.value
-        ]
+    async def _lookup(self, enterprise_id: int, number: str) -> Responsible | ResponsibleMiss:
+        async with self.portals.session_factory() as session:
+            repo = IntegrationRepository(session, self.portals.box)
+            live = [
+                row
+                for row in await repo.for_enterprise(enterprise_id)
+                if row.status == IntegrationStatus.ACTIVE.value
+            ]
         if not live:
             return ResponsibleMiss("no_integration", "the enterprise has no active Bitrix24 portal")
         row = live[0]
@@ -243,7 +244,8 @@ class ResponsibleFinder:
             )
         except Bitrix24Error as err:
             return ResponsibleMiss("crm_error", f"Bitrix24 refused the search: {err}", False)
-        users = await Bitrix24UserRepository(session).for_integration(row.id)
+        async with self.portals.session_factory() as session:
+            users = await Bitrix24UserRepository(session).for_integration(row.id)
         extensions = extensions_by_user(
             [stored_user(user) for user in users], extension_overrides(row.settings or {})
         )
@@ -288,19 +290,18 @@ def notifications_enabled(settings: Mapping[str, Any]) -> bool:
 
 
 async def notify_missed_call(
-    session: AsyncSession,
-    portals: Portals,
-    integration_id: int | None,
-    payload: Mapping[str, Any],
+    portals: Portals, integration_id: int | None, payload: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Send ``im.notify`` about a missed call to its responsible user; what was done.
 
     The ``TAG`` names the call, so a retried job replaces its notification instead of
-    adding a second one.
+    adding a second one. The integration is read in a session of its own, closed before the
+    request: the client reads tokens in its own transactions, and SQLite has one connection.
     """
     if integration_id is None:
         return {"skipped": "no integration"}
-    row = await IntegrationRepository(session, portals.box).get(integration_id)
+    async with portals.session_factory() as session:
+        row = await IntegrationRepository(session, portals.box).get(integration_id)
     if row is None or row.status != IntegrationStatus.ACTIVE.value:
         return {"skipped": "integration not active"}
     settings = row.settings or {}

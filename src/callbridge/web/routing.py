@@ -82,7 +82,10 @@ async def responsible(
     ),
 ) -> Response:
     """Find the responsible user's extension for ``phone`` (cached for a minute)."""
-    outcome = await finder.find(session, enterprise_id, phone)
+    # Nothing to write: end the verification's read transaction so that no connection is
+    # held while Bitrix24 is asked (SQLite has one per process).
+    await session.commit()
+    outcome = await finder.find(enterprise_id, phone)
     if isinstance(outcome, Responsible):
         if format == "text":
             return PlainTextResponse(outcome.extension)

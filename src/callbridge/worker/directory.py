@@ -79,7 +79,8 @@ def notify_missed_handler(holder: PortalsHolder) -> Handler:
     """The ``bitrix24.notify_missed`` handler: ``im.notify`` to the call's responsible user."""
 
     async def notify_missed(job: JobContext) -> dict[str, Any] | None:
-        return await notify_missed_call(job.session, holder.get(), job.integration_id, job.payload)
+        # job.session stays unused: on SQLite its connection is the only one.
+        return await notify_missed_call(holder.get(), job.integration_id, job.payload)
 
     return notify_missed
 

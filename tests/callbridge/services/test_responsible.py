@@ -28,7 +28,8 @@ class TestChooseResponsible:
         assert found == Responsible("102", 2, "CONTACT", 1, "Client 1")
 
     def test_nothing_found(self) -> None:
-        for empty in ([], None, {}):
+        empties: list[Any] = [[], None, {}]
+        for empty in empties:
             miss = choose_responsible(empty, {2: "102"})
             assert isinstance(miss, ResponsibleMiss)
             assert miss.reason == "unknown_number"

@@ -273,6 +273,7 @@ class AmiListener:
         self._reported: ListenerState | None = None
         self._started = False
         self._caught_up = False
+        self._publishing = asyncio.Lock()
         #: Set while logged in and reconciled (tests wait on it).
         self.connected = asyncio.Event()
 
@@ -311,6 +312,11 @@ class AmiListener:
         self._error = error
 
     async def _publish(self, *, force: bool = False) -> None:
+        # One report at a time, each taken inside the lock: the last write is the newest state.
+        async with self._publishing:
+            await self._publish_now(force=force)
+
+    async def _publish_now(self, *, force: bool) -> None:
         status = self.status
         changed = status.state is not self._reported
         if changed:

@@ -353,10 +353,15 @@ class TestListener:
         assert status.state is ListenerState.UNREACHABLE
         assert status.last_error is not None
         assert "cannot connect" in status.last_error
-        async with env.sessions() as session:
-            row = (await AmiStatusRepository(session).by_enterprise())[env.enterprise_id]
-        assert row.state == "unreachable"
-        assert row.last_error is not None
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                async with env.sessions() as session:
+                    rows = await AmiStatusRepository(session).by_enterprise()
+                row = rows.get(env.enterprise_id)
+                if row is not None and row.state == "unreachable":
+                    break
+                await asyncio.sleep(0.02)
+        assert "cannot connect" in (row.last_error or "")
 
     async def test_a_refused_login_shows_in_the_status(
         self, env: Env, server: list[AmiReplayServer]

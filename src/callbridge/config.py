@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     api_log_retention_days: float = Field(default=30.0, gt=0)
     job_retention_days: float = Field(default=7.0, gt=0)
     maintenance_interval_seconds: float = Field(default=3600.0, gt=0)
+    #: Listen to the AMI of every enterprise that has an AMI URL (one listener per PBX).
+    ami_enabled: bool = True
+    #: How often the worker looks for enterprises whose AMI URL was added or changed.
+    ami_poll_interval_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("encryption_keys", mode="before")
     @classmethod

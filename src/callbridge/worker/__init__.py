@@ -11,7 +11,9 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from callbridge.config import Settings
+from callbridge.storage.crypto import SecretBox
 from callbridge.storage.job_queue import JobQueue
+from callbridge.worker.ami import AmiSupervisor
 from callbridge.worker.directory import USER_SYNC_TASK, register_directory_jobs, user_sync_task
 from callbridge.worker.dispatcher import DISPATCHER_KIND, Dispatcher
 from callbridge.worker.maintenance import Retention, run_maintenance
@@ -67,4 +69,13 @@ def build_worker(
         "maintenance",
         lambda: run_maintenance(session_factory, retention, settings.maintenance_interval_seconds),
     )
+    if settings.ami_enabled:
+        ami = AmiSupervisor(
+            session_factory,
+            engine,
+            SecretBox(settings.fernet_keys()),
+            holder=worker.name,
+            poll_interval=settings.ami_poll_interval_seconds,
+        )
+        worker.add_side_task("ami-listeners", ami.run)
     return worker

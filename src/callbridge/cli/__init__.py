@@ -33,6 +33,7 @@ from callbridge.cli.emulator import emulator_command
 from callbridge.cli.enterprise import enterprise_app
 from callbridge.cli.integration import integration_app
 from callbridge.cli.jobs import jobs_app
+from callbridge.cli.lines import lines_app
 from callbridge.cli.users import users_app
 from callbridge.config import ENV_PREFIX, Settings, load_settings
 from callbridge.domain.errors import CallbridgeError, ConfigurationError, StorageError
@@ -125,6 +126,7 @@ app.add_typer(config_app)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(enterprise_app, name="enterprise")
 app.add_typer(integration_app, name="integration")
+app.add_typer(lines_app, name="lines")
 app.add_typer(users_app, name="users")
 app.add_typer(ami_replay_command, name="ami-replay")
 app.command(

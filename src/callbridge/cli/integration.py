@@ -96,6 +96,24 @@ async def _in_transaction(context: _Context, action: Callable[[AsyncSession], Aw
         return await action(session)
 
 
+async def pick_integration(
+    session: AsyncSession, context: _Context, integration: int | None
+) -> Bitrix24Integration:
+    """The integration with this id, or the only one there is."""
+    repo = IntegrationRepository(session, context.box)
+    if integration is not None:
+        row = await repo.get(integration)
+        if row is None:
+            raise CallbridgeError(f"no integration with id {integration}")
+        return row
+    rows = list(await repo.all(repo.select().order_by(Bitrix24Integration.id)))
+    if len(rows) != 1:
+        raise CallbridgeError(
+            f"there are {len(rows)} integrations; choose one with --integration ID"
+        )
+    return rows[0]
+
+
 def _mode(row: Bitrix24Integration) -> str:
     return "webhook" if is_webhook(row) else "app"
 

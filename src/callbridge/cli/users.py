@@ -12,13 +12,11 @@ from typing import Annotated
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from callbridge.cli.integration import _Context, _in_transaction, _run
+from callbridge.cli.integration import _Context, _in_transaction, _run, pick_integration
 from callbridge.directory import active_integrations, responsible_extension_table
 from callbridge.directory import sync_integration_users as sync_one
 from callbridge.domain.errors import CallbridgeError
 from callbridge.services.user_sync import EXTENSION_OVERRIDES_SETTING, SyncReport
-from callbridge.storage.models import Bitrix24Integration
-from callbridge.storage.repositories import IntegrationRepository
 from callbridge.storage.repositories.bitrix24_users import Bitrix24UserRepository
 
 users_app = typer.Typer(
@@ -32,23 +30,6 @@ IntegrationOption = Annotated[
 ]
 
 
-async def _integration(
-    session: AsyncSession, context: _Context, integration: int | None
-) -> Bitrix24Integration:
-    repo = IntegrationRepository(session, context.box)
-    if integration is not None:
-        row = await repo.get(integration)
-        if row is None:
-            raise CallbridgeError(f"no integration with id {integration}")
-        return row
-    rows = list(await repo.all(repo.select().order_by(Bitrix24Integration.id)))
-    if len(rows) != 1:
-        raise CallbridgeError(
-            f"there are {len(rows)} integrations; choose one with --integration ID"
-        )
-    return rows[0]
-
-
 @users_app.command("sync")
 def sync_command(ctx: typer.Context, integration: IntegrationOption = None) -> None:
     """Read users from Bitrix24 now (every active integration, or one)."""
@@ -57,7 +38,7 @@ def sync_command(ctx: typer.Context, integration: IntegrationOption = None) -> N
         portals = context.portals()
         if integration is not None:
             async with context.session_factory() as session:
-                rows = [await _integration(session, context, integration)]
+                rows = [await pick_integration(session, context, integration)]
         else:
             rows = await active_integrations(context.session_factory, portals)
         return [(row.domain, await sync_one(portals, row.id)) for row in rows]
@@ -78,7 +59,7 @@ def list_command(ctx: typer.Context, integration: IntegrationOption = None) -> N
 
     async def action(context: _Context) -> list[str]:
         async with context.session_factory() as session:
-            row = await _integration(session, context, integration)
+            row = await pick_integration(session, context, integration)
             users = await Bitrix24UserRepository(session).for_integration(row.id)
         settings = row.settings or {}
         table = responsible_extension_table(users, settings)
@@ -102,7 +83,7 @@ def _edit_overrides(
 ) -> str:
     async def action(context: _Context) -> str:
         async def work(session: AsyncSession) -> str:
-            row = await _integration(session, context, integration)
+            row = await pick_integration(session, context, integration)
             settings = dict(row.settings or {})
             overrides = dict(settings.get(EXTENSION_OVERRIDES_SETTING) or {})
             if user_id is None:

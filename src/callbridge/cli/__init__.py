@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 from typer.core import TyperGroup
 
+import callbridge.cli.enterprise_ami  # noqa: F401  (registers `enterprise set-ami` and `enterprise status`)
 from callbridge import __version__
 from callbridge.cli.ami import ami_replay_command
 from callbridge.cli.emulator import emulator_command

@@ -56,12 +56,12 @@ _STATUS_CODES: Final[Mapping[str, str]] = {
 
 _MESSAGES: Final[Mapping[str, Mapping[str, str]]] = {
     "ru": {
-        "head_click_to_call": "Не удалось позвонить на {phone}",
-        "head_callback": "Не удалось заказать обратный звонок на {phone}",
-        "no_pbx": "к порталу не подключена АТС",
-        "no_ami": "для АТС не настроено подключение AMI",
-        "unknown_extension": "у вас не указан внутренний номер",
-        "refused": "АТС отклонила вызов",
+        "head_click_to_call": "Не удалось позвонить на {phone}",  # noqa: RUF001
+        "head_callback": "Не удалось заказать обратный звонок на {phone}",  # noqa: RUF001
+        "no_pbx": "к порталу не подключена АТС",  # noqa: RUF001
+        "no_ami": "для АТС не настроено подключение AMI",  # noqa: RUF001
+        "unknown_extension": "у вас не указан внутренний номер",  # noqa: RUF001
+        "refused": "АТС отклонила вызов",  # noqa: RUF001
         "no_user": "не найден ответственный сотрудник",
     },
     "en": {

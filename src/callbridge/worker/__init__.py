@@ -14,6 +14,7 @@ from callbridge.config import Settings
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.job_queue import JobQueue
 from callbridge.worker.ami import AmiSupervisor
+from callbridge.worker.click_to_call import register_click_to_call_jobs
 from callbridge.worker.directory import USER_SYNC_TASK, register_directory_jobs, user_sync_task
 from callbridge.worker.dispatcher import DISPATCHER_KIND, Dispatcher
 from callbridge.worker.maintenance import Retention, run_maintenance
@@ -44,6 +45,7 @@ def build_worker(
     registry = registry if registry is not None else default_registry()
     # Missed-call notifications and users sync every 5 minutes (users and CRM).
     directory = register_directory_jobs(registry, settings, session_factory)
+    register_click_to_call_jobs(registry, directory)
     queue = JobQueue(lease_seconds=settings.job_lease_seconds)
     worker = Worker(
         session_factory,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 __all__ = [
@@ -107,7 +107,7 @@ class PhoneRequest:
         sent_at = None
         ts = _int(payload.get("ts"))
         if ts > 0:
-            sent_at = datetime.fromtimestamp(ts).astimezone()
+            sent_at = datetime.fromtimestamp(ts, UTC)
         return cls(
             kind=kind,
             phone=str(data.get("PHONE_NUMBER") or data.get("PHONE_NUMBER_INTERNATIONAL") or ""),

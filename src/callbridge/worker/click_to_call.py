@@ -199,8 +199,13 @@ async def handle_phone_request(
         callback_queue=queue,
     )
     if isinstance(decision, Drop):
-        logger.info(
-            "click-to-call: %s %s dropped (%s)", kind, request.call_id or request.phone, decision
+        # A stale event is worth a warning: the portal or our queue is lagging.
+        log = logger.warning if decision.reason.startswith("stale") else logger.info
+        log(
+            "click-to-call: %s %s dropped: %s",
+            kind,
+            request.call_id or request.phone,
+            decision.reason,
         )
         return {"dropped": decision.reason}
     if isinstance(decision, Originate):

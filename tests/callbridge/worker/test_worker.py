@@ -491,4 +491,8 @@ class TestBuildWorker:
         assert worker.shutdown_timeout == 7
         assert worker.queue.lease_seconds == 45
         assert (worker.listen_url is not None) == (db.engine.dialect.name == "postgresql")
-        assert set(worker.registry) == {"bitrix24.notify_missed"}
+        assert set(worker.registry) == {
+            "bitrix24.notify_missed",
+            "bitrix24.click_to_call",
+            "bitrix24.callback_request",
+        }

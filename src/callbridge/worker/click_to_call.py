@@ -16,10 +16,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import httpx
 from sqlalchemy import select
 
-from callbridge.crm.bitrix24.errors import Bitrix24Error
 from callbridge.directory import ResponsibleFinder
+from callbridge.domain.errors import CallbridgeError
 from callbridge.pbx.ami.listener import AmiUrl, InvalidAmiUrlError
 from callbridge.pbx.ami.originate import (
     OriginateOutcome,
@@ -125,7 +126,9 @@ async def _tell(
     for method, params in commands:
         try:
             await client.call(method, params)
-        except Bitrix24Error as err:
+        except (CallbridgeError, httpx.HTTPError) as err:
+            # Logged and reported, not raised: a retried job would not re-send the finish
+            # (its Originate is marked sent), and must not re-plan a call that failed.
             errors.append(f"{method}: {err}")
             logger.warning("click-to-call: %s failed on %s: %s", method, integration.domain, err)
     return errors

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 
 import pytest
 
+from callbridge.domain.events import CallStarted
 from callbridge.pbx.ami.listener import AmiUrl
 from callbridge.pbx.ami.originate import (
     OriginateOutcome,
@@ -14,7 +17,9 @@ from callbridge.pbx.ami.originate import (
     originate_headers,
     originate_settings,
 )
-from tests.callbridge.pbx.ami.conftest import ServerFactory
+from callbridge.pbx.ami.protocol import Event
+from callbridge.pbx.ami.translate import AmiTranslator
+from tests.callbridge.pbx.ami.conftest import ClientFactory, ServerFactory, stream
 
 REQUEST = OriginateRequest(extension="101", number="+74951234567", bitrix24_call_id="ext.1")
 
@@ -87,3 +92,25 @@ class TestSend:
         result = await originate(bad, REQUEST)
         assert result.outcome is OriginateOutcome.REFUSED
         assert server.originates == []
+
+
+class TestThroughTheTranslator:
+    async def test_the_originated_call_carries_the_bitrix24_call_id(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        server = await replay_server(originate_file=stream("h_click2call_outbound"))
+        listener = ami_client(server)
+        await listener.connect()
+        result = await originate(url(server.port), REQUEST)
+        assert result.outcome is OriginateOutcome.QUEUED
+        events: list[Event] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                async for event in listener:
+                    events.append(event)
+                    if event.name == "Hangup" and event.get("Linkedid") == event.get("Uniqueid"):
+                        break
+        facts = AmiTranslator().feed_all(events)
+        (started,) = [fact for fact in facts if isinstance(fact, CallStarted)]
+        assert started.bitrix24_call_id == "ext.1"
+        assert len(server.originates) == 1

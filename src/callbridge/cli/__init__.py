@@ -30,6 +30,7 @@ from typer.core import TyperGroup
 import callbridge.cli.enterprise_ami  # noqa: F401  (registers `enterprise set-ami` and `enterprise status`)
 from callbridge import __version__
 from callbridge.cli.ami import ami_replay_command
+from callbridge.cli.demo import demo_command
 from callbridge.cli.emulator import emulator_command
 from callbridge.cli.enterprise import enterprise_app
 from callbridge.cli.integration import integration_app
@@ -135,6 +136,7 @@ app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,
 )(emulator_command)
+app.command("demo")(demo_command)
 
 
 def _show_version(value: bool) -> None:

@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## The main job: migrate the SQLite database under ./var/ and start the bridge on 127.0.0.1:8000.
+## The demo: the Bitrix24 emulator, recorded PBX calls over AMI and the bridge between them
+## (production runs `callbridge run`: see the README).
 run: install
-	$(BIN)/callbridge run
+	$(BIN)/callbridge demo
 
 ## The whole test suite (SQLite always; PostgreSQL too when CALLBRIDGE_TEST_POSTGRES_URL is set).
 test: install

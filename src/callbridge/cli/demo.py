@@ -230,8 +230,7 @@ async def _connect_portal(settings: Settings, box: SecretBox, emulator_url: str,
 
 def _summary(call: dict[str, Any]) -> str:
     """One line for a finished call of the emulator's ``/_emulator/calls``."""
-    started = str(call.get("CALL_START_DATE") or call.get("created_at") or "")
-    clock = started[11:19] if len(started) >= 19 else time.strftime("%H:%M:%S")
+    clock = time.strftime("%H:%M:%S")  # when the portal had it finished (to the second)
     direction = _DIRECTIONS.get(int(call.get("TYPE") or 0), str(call.get("TYPE")))
     number = call.get("PHONE_NUMBER") or "?"
     shown = ",".join(str(u) for u in call.get("cards_shown") or []) or "-"

@@ -28,7 +28,7 @@ import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -264,7 +264,12 @@ class AmiListener:
         # Why the connection dropped: until a reconnect attempt fails with another error, the
         # PBX counts as disconnected rather than unreachable.
         self._down_reason: str | None = None
+        # When we lost sight of the PBX, in the PBX's clock (what its events' times are in).
         self._lost_at: datetime | None = None
+        # The PBX's clock minus ours, as of its last timed event: calls ended "as of when we
+        # lost sight of them" must end in the clock they started in, or a PBX whose clock
+        # differs from ours (or a replayed recording) gets durations of hours.
+        self._pbx_skew: timedelta | None = None
         self._reconnects = 0
         self._dropped_before = 0
         self._events_in = 0
@@ -381,7 +386,7 @@ class AmiListener:
                 finally:
                     await client.close()
                 if self._lost_at is None:
-                    self._lost_at = self._clock()
+                    self._lost_at = self._pbx_now()
         finally:
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -411,7 +416,7 @@ class AmiListener:
         async for event in client:
             if isinstance(event, Disconnected):
                 self.connected.clear()
-                self._lost_at = self._clock()
+                self._lost_at = self._pbx_now()
                 self._down_reason = event.reason
                 self._set_state(ListenerState.DISCONNECTED, event.reason)
                 await self._publish()
@@ -421,6 +426,9 @@ class AmiListener:
                 self._events_in += 1
                 self._last_event_at = self._clock()
                 facts = self.translator.feed(event)
+                pbx_time = self.translator.last_time
+                if pbx_time is not None:
+                    self._pbx_skew = pbx_time - self._last_event_at
                 if facts:
                     await self._apply(facts)
 
@@ -454,6 +462,11 @@ class AmiListener:
         self.connected.set()
         await self._publish()
 
+    def _pbx_now(self) -> datetime:
+        """Now in the PBX's clock, as far as its events told us (else ours)."""
+        now = self._clock()
+        return now if self._pbx_skew is None else now + self._pbx_skew
+
     async def _end_orphans(self, channels: Iterable[Event]) -> list[CallFact]:
         """Ended facts for open calls of the store that the PBX no longer has."""
         assert self._open_calls is not None
@@ -464,7 +477,7 @@ class AmiListener:
             return []
         live = {c.get("Linkedid") or c.get("Uniqueid") for c in channels}
         live.update(self.translator.active_calls)
-        now = self._clock()
+        now = self._pbx_now()
         facts: list[CallFact] = []
         for call in stored:
             if call.linkedid in live:

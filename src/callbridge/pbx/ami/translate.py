@@ -254,6 +254,11 @@ class AmiTranslator:
         return out
 
     @property
+    def last_time(self) -> datetime | None:
+        """The PBX's time of the last event that carried one (its clock, not ours)."""
+        return self._last_time
+
+    @property
     def active_calls(self) -> list[str]:
         """Linkedids of the calls being tracked."""
         return list(self._calls)

@@ -59,6 +59,8 @@ class OpenCallRow:
 
     linkedid: str
     answered: bool
+    #: The time of its last event from this source (the PBX's clock), if any was timed.
+    last_seen: datetime | None = None
 
 
 class AmiStatusRepository(Repository[AmiStatus]):
@@ -105,11 +107,23 @@ class AmiStatusRepository(Repository[AmiStatus]):
             PbxEvent.linkedid == Call.linkedid,
             PbxEvent.source == source,
         )
-        statement = select(Call.linkedid, Call.answered_at).where(
+        last_seen = (
+            select(func.max(PbxEvent.occurred_at))
+            .where(
+                PbxEvent.enterprise_id == Call.enterprise_id,
+                PbxEvent.linkedid == Call.linkedid,
+                PbxEvent.source == source,
+            )
+            .scalar_subquery()
+        )
+        statement = select(Call.linkedid, Call.answered_at, last_seen).where(
             Call.enterprise_id == enterprise_id, Call.state.in_(_OPEN_STATES), reported
         )
         rows = (await self.session.execute(statement)).all()
-        return [OpenCallRow(linkedid, answered_at is not None) for linkedid, answered_at in rows]
+        return [
+            OpenCallRow(linkedid, answered_at is not None, seen)
+            for linkedid, answered_at, seen in rows
+        ]
 
 
 def advisory_lock_key(enterprise_id: int) -> tuple[int, int]:

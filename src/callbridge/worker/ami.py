@@ -237,7 +237,7 @@ class AmiSupervisor:
         async def open_calls() -> list[OpenCall]:
             async with self.session_factory() as session:
                 rows = await AmiStatusRepository(session).open_calls(enterprise_id, source)
-            return [OpenCall(row.linkedid, row.answered) for row in rows]
+            return [OpenCall(row.linkedid, row.answered, row.last_seen) for row in rows]
 
         listener = AmiListener(
             target.url,

@@ -170,6 +170,8 @@ class OpenCall:
 
     linkedid: str
     answered: bool
+    #: Time of the last event the store has of it, in the PBX's clock (when it was last seen).
+    last_seen: datetime | None = None
 
 
 #: Applies the facts of one AMI event (or one reconciliation), all or nothing.
@@ -487,7 +489,9 @@ class AmiListener:
                     call_id=call.linkedid,
                     # The translator's own id for this fact: never applied twice.
                     event_id=f"{call.linkedid}:ended",
-                    timestamp=now,
+                    # As of its last event the store has: when whoever listened lost sight
+                    # of it is unknown, and ``now`` may be hours later (or in another clock).
+                    timestamp=call.last_seen or now,
                     disposition=Disposition.ANSWERED if call.answered else Disposition.NO_ANSWER,
                 )
             )

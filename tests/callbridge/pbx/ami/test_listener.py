@@ -46,6 +46,8 @@ TIMEOUT = 15
 BOX = SecretBox([Fernet.generate_key()])
 # a2 played up to here: the call is answered and talking (event 33 answers it).
 TALKING = 40
+# a2's talk time: BridgeEnter of PJSIP/101 at 1795711846.010, BridgeLeave at 1795711849.015.
+RECORDED_TALK = 3
 
 
 class TestAmiUrl:
@@ -116,7 +118,7 @@ class Env:
         async def open_calls() -> list[OpenCall]:
             async with self.sessions() as session:
                 rows = await AmiStatusRepository(session).open_calls(self.enterprise_id, url.source)
-            return [OpenCall(row.linkedid, row.answered) for row in rows]
+            return [OpenCall(row.linkedid, row.answered, row.last_seen) for row in rows]
 
         options: dict[str, Any] = {
             "ping_interval": None,
@@ -295,6 +297,9 @@ class TestListener:
 
         call = await env.wait_call("ended")
         assert call.answered_by == "101"
+        # Ended as of the PBX's last event we saw (its clock: the recording's), not hours later
+        # in ours: a2 talked 3 s, of which we saw next to nothing before the drop.
+        assert 0 <= call.talk_seconds <= RECORDED_TALK
         assert listener.status.reconnects == 1
         assert listener.status.state is ListenerState.CONNECTED
         finishes = [j for j in await env.jobs() if j.payload["command"]["kind"] == "finish"]
@@ -324,6 +329,8 @@ class TestListener:
         second = env.start(replay.port)  # the standby takes over
         call = await env.wait_call("ended")
         assert call.answered_by == "101"
+        # As of the call's last stored event (the PBX's clock), not the takeover's wall clock.
+        assert 0 <= call.talk_seconds <= RECORDED_TALK
         async with asyncio.timeout(TIMEOUT):
             await second.connected.wait()
         finishes = [j for j in await env.jobs() if j.payload["command"]["kind"] == "finish"]

@@ -191,8 +191,11 @@ class Env:
 
 
 async def _until(predicate: Callable[[], Awaitable[bool]]) -> None:
+    """Poll ``predicate`` (the database, the listener) until it holds, within TIMEOUT."""
     async with asyncio.timeout(TIMEOUT):
-        while not await predicate():
+        while True:
+            if await predicate():
+                return
             await asyncio.sleep(0.05)
 
 
@@ -316,9 +319,7 @@ async def replayer(*names: str, **options: Any) -> AmiReplayServer:
 
 
 @asynccontextmanager
-async def playing(
-    database_url: str, var_dir: Path, name: str, **kwargs: Any
-) -> AsyncIterator[Env]:
+async def playing(database_url: str, var_dir: Path, name: str, **kwargs: Any) -> AsyncIterator[Env]:
     async with environment(database_url, var_dir, await replayer(name), **kwargs) as env:
         yield env
 
@@ -374,9 +375,7 @@ class TestInbound:
         facts = recorded(name)
         assert facts.rang == ["101"]
         assert facts.talk == {}
-        async with playing(
-            fresh_database_url, tmp_path, name, seed=without_caller(CALLER)
-        ) as env:
+        async with playing(fresh_database_url, tmp_path, name, seed=without_caller(CALLER)) as env:
             leads_before = (await env.h.emulator_http.get("/_emulator/leads")).json()
             (call,) = await env.settled()
             assert (call["TYPE"], call["PHONE_NUMBER"], call["LINE_NUMBER"]) == (
@@ -454,7 +453,11 @@ class TestOutbound:
         (caller,) = facts.talk
         async with playing(fresh_database_url, tmp_path, name) as env:
             (call,) = await env.settled()
-            assert (call["TYPE"], call["PHONE_NUMBER"], call["USER_ID"]) == (1, FAR_END, USERS[caller])
+            assert (call["TYPE"], call["PHONE_NUMBER"], call["USER_ID"]) == (
+                1,
+                FAR_END,
+                USERS[caller],
+            )
             # The trunk is mapped to a Bitrix24 line in the settings (lines[].pbx_line).
             assert call["LINE_NUMBER"] == OUTBOUND_LINE
             assert call["cards_shown"] == [USERS[caller]]
@@ -490,7 +493,11 @@ class TestOutbound:
             (originate,) = replay.originates
             assert originate["Channel"] == f"PJSIP/{caller}"
             assert originate["Exten"] == FAR_END
-            assert (call["TYPE"], call["PHONE_NUMBER"], call["USER_ID"]) == (1, FAR_END, USERS[caller])
+            assert (call["TYPE"], call["PHONE_NUMBER"], call["USER_ID"]) == (
+                1,
+                FAR_END,
+                USERS[caller],
+            )
             assert (await env.credited(call), call["STATUS_CODE"]) == (USERS[caller], "200")
             assert_duration(call, facts.talk[caller])
             # We finished the portal's own call: no register of ours, ever.
@@ -594,8 +601,5 @@ class TestDisconnect:
             assert await env.calls() == [call]
 
 
-def _reconnected(listener: AmiListener) -> Awaitable[bool]:
-    async def check() -> bool:
-        return listener.status.reconnects >= 1 and listener.connected.is_set()
-
-    return check()
+async def _reconnected(listener: AmiListener) -> bool:
+    return listener.status.reconnects >= 1 and listener.connected.is_set()

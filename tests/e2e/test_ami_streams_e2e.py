@@ -87,6 +87,9 @@ class Recorded:
     #: The trunk channel's dialled number (the DID) of an inbound call, else None.
     did: str | None
     linkedid: str
+    #: When the call began (its first event) and when it was transferred, if it was.
+    started: float
+    transferred: float | None
 
 
 def recorded(name: str) -> Recorded:
@@ -97,10 +100,15 @@ def recorded(name: str) -> Recorded:
     rang: list[str] = []
     did: str | None = None
     linkedid = ""
+    times: list[float] = []
+    transferred: float | None = None
     for item in recording.events:
         event = item.message
         at = event.timestamp if event.timestamp is not None else item.epoch
         assert at is not None
+        times.append(at)
+        if event.name == "BlindTransfer":
+            transferred = at
         channel = event.get("Channel") or ""
         endpoint = parse_channel(channel).endpoint if channel else ""
         if event.name == "Newchannel" and not linkedid:
@@ -115,7 +123,14 @@ def recorded(name: str) -> Recorded:
             entered[endpoint] = at
         if endpoint.isdigit() and event.name == "BridgeLeave" and endpoint in entered:
             talk[endpoint] = talk.get(endpoint, 0.0) + at - entered.pop(endpoint)
-    return Recorded(talk, rang, did, linkedid)
+    return Recorded(talk, rang, did, linkedid, min(times), transferred)
+
+
+def assert_start(call: dict[str, Any], at: float) -> None:
+    """CALL_START is the second the PBX began the call, or the one before: a listener that
+    joins while the first channel exists dates it by its Uniqueid (whole seconds, taken when
+    Asterisk created the channel, a moment before it reported it)."""
+    assert int(at) - 1 <= float(call["CALL_START"]) <= at, (call["CALL_START"], at)
 
 
 def assert_duration(call: dict[str, Any], seconds: float) -> None:
@@ -352,6 +367,7 @@ class TestInbound:
             (call,) = await env.settled()
             assert call["EXTERNAL_CALL_ID"] == f"{facts.linkedid}-0"
             assert (call["TYPE"], call["PHONE_NUMBER"]) == (2, CALLER)
+            assert_start(call, facts.started)
             assert call["LINE_NUMBER"] == facts.did == "4951110101"
             assert call["cards_shown"] == [USERS["101"]]
             assert call["cards_visible"] == []  # the finish closed it
@@ -407,6 +423,7 @@ class TestInbound:
         async with playing(fresh_database_url, tmp_path, name) as env:
             (call,) = await env.settled()
             assert (call["TYPE"], call["LINE_NUMBER"]) == (2, facts.did)
+            assert_start(call, facts.started)
             assert call["cards_shown"] == [1, 2, 3]
             # The answer hides the others' cards; the finish closes the answerer's.
             log = [(e["user_id"], e["action"]) for e in call["card_log"]]
@@ -429,7 +446,11 @@ class TestInbound:
             first, second = await env.settled(calls=2)
             assert first["EXTERNAL_CALL_ID"] == f"{facts.linkedid}-0"
             assert second["EXTERNAL_CALL_ID"] == f"{facts.linkedid}-1"
-            assert first["TYPE"] == 2
+            # Both are the customer's inbound call; the second starts at the transfer.
+            assert first["TYPE"] == second["TYPE"] == 2
+            assert facts.transferred is not None
+            assert_start(first, facts.started)
+            assert_start(second, facts.transferred)
             assert first["LINE_NUMBER"] == second["LINE_NUMBER"] == facts.did
             assert first["PHONE_NUMBER"] == second["PHONE_NUMBER"] == CALLER
             assert first["cards_shown"] == [USERS["101"]]
@@ -458,6 +479,7 @@ class TestOutbound:
                 FAR_END,
                 USERS[caller],
             )
+            assert_start(call, facts.started)
             # The trunk is mapped to a Bitrix24 line in the settings (lines[].pbx_line).
             assert call["LINE_NUMBER"] == OUTBOUND_LINE
             assert call["cards_shown"] == [USERS[caller]]

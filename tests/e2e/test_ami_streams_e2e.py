@@ -126,6 +126,11 @@ def recorded(name: str) -> Recorded:
     return Recorded(talk, rang, did, linkedid, min(times), transferred)
 
 
+def cards(call: dict[str, Any]) -> list[tuple[int, str, str]]:
+    """The card's story: (user, shown or hidden, by which method), in order."""
+    return [(e["user_id"], e["action"], e["by"]) for e in call["card_log"]]
+
+
 def assert_start(call: dict[str, Any], at: float) -> None:
     """CALL_START is the second the PBX began the call, or the one before: a listener that
     joins while the first channel exists dates it by its Uniqueid (whole seconds, taken when
@@ -369,8 +374,8 @@ class TestInbound:
             assert (call["TYPE"], call["PHONE_NUMBER"]) == (2, CALLER)
             assert_start(call, facts.started)
             assert call["LINE_NUMBER"] == facts.did == "4951110101"
-            assert call["cards_shown"] == [USERS["101"]]
-            assert call["cards_visible"] == []  # the finish closed it
+            # Shown to the ringing phone's owner; the finish closed it.
+            assert cards(call) == [(1, "show", "show"), (1, "hide", "finish")]
             assert (await env.credited(call), call["STATUS_CODE"]) == (USERS["101"], "200")
             assert_duration(call, facts.talk["101"])
             # The caller is a known contact: found, no lead made.
@@ -399,9 +404,8 @@ class TestInbound:
                 CALLER,
                 facts.did,
             )
-            assert call["cards_shown"] == [USERS["101"]]
-            assert call["cards_hidden"] == [USERS["101"]]
-            assert call["cards_visible"] == []
+            # Shown while it rang, hidden when the ringing stopped (before the finish).
+            assert cards(call) == [(1, "show", "show"), (1, "hide", "hide")]
             # Missed: it belongs to the only employee whose phone rang.
             assert (await env.credited(call), call["STATUS_CODE"], call["DURATION"]) == (
                 USERS["101"],
@@ -424,13 +428,16 @@ class TestInbound:
             (call,) = await env.settled()
             assert (call["TYPE"], call["LINE_NUMBER"]) == (2, facts.did)
             assert_start(call, facts.started)
-            assert call["cards_shown"] == [1, 2, 3]
-            # The answer hides the others' cards; the finish closes the answerer's.
-            log = [(e["user_id"], e["action"]) for e in call["card_log"]]
-            first_hide = next(i for i, (_, action) in enumerate(log) if action == "hide")
-            hidden_by_answer = {u for u, a in log[first_hide:] if a == "hide"}
-            assert hidden_by_answer >= {1, 3}
-            assert call["cards_visible"] == []
+            # One show for the group; the answer hides the others' cards at once, the finish
+            # closes the answerer's.
+            assert cards(call) == [
+                (1, "show", "show"),
+                (2, "show", "show"),
+                (3, "show", "show"),
+                (1, "hide", "hide"),
+                (3, "hide", "hide"),
+                (2, "hide", "finish"),
+            ]
             assert (await env.credited(call), call["STATUS_CODE"]) == (USERS[answerer], "200")
             assert answerer == "102"
             assert_duration(call, facts.talk[answerer])
@@ -453,8 +460,8 @@ class TestInbound:
             assert_start(second, facts.transferred)
             assert first["LINE_NUMBER"] == second["LINE_NUMBER"] == facts.did
             assert first["PHONE_NUMBER"] == second["PHONE_NUMBER"] == CALLER
-            assert first["cards_shown"] == [USERS["101"]]
-            assert second["cards_shown"] == [USERS["102"]]
+            assert cards(first) == [(1, "show", "show"), (1, "hide", "finish")]
+            assert cards(second) == [(2, "show", "register"), (2, "hide", "finish")]
             assert (await env.credited(first), first["STATUS_CODE"]) == (USERS["101"], "200")
             assert (await env.credited(second), second["STATUS_CODE"]) == (USERS["102"], "200")
             assert_duration(first, facts.talk["101"])
@@ -482,7 +489,7 @@ class TestOutbound:
             assert_start(call, facts.started)
             # The trunk is mapped to a Bitrix24 line in the settings (lines[].pbx_line).
             assert call["LINE_NUMBER"] == OUTBOUND_LINE
-            assert call["cards_shown"] == [USERS[caller]]
+            assert cards(call) == [(1, "show", "register"), (1, "hide", "finish")]
             assert (await env.credited(call), call["STATUS_CODE"]) == (USERS[caller], "200")
             assert_duration(call, facts.talk[caller])
             # An unknown number on an outbound call makes no lead (lead_creation=inbound).
@@ -522,6 +529,7 @@ class TestOutbound:
             )
             assert (await env.credited(call), call["STATUS_CODE"]) == (USERS[caller], "200")
             assert_duration(call, facts.talk[caller])
+            assert call["cards_visible"] == []
             # We finished the portal's own call: no register of ours, ever.
             methods = await env.methods()
             assert "telephony.externalCall.register" not in methods

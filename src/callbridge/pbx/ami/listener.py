@@ -14,7 +14,8 @@ After a reconnect, events were missed: the listener asks ``CoreShowChannels``, f
 (calls whose channels all vanished are ended with what is known, as of when we lost sight of
 them). A listener that starts fresh, e.g. a standby taking over from a process that died, also
 ends the calls the database still has open for this PBX that the PBX no longer has
-(``open_calls``).
+(``open_calls``), as of their last stored event. Those times are in the PBX's clock, the one
+its events' ``Timestamp`` headers use: our clock plus the skew seen on its last event.
 
 Its :class:`ListenerStatus` (connected, disconnected, unreachable, refused...) goes to logs on
 every change and to ``on_status`` on every change and every ``status_interval`` seconds.

@@ -132,9 +132,13 @@ def cards(call: dict[str, Any]) -> list[tuple[int, str, str]]:
 
 
 def assert_start(call: dict[str, Any], at: float) -> None:
-    """CALL_START is the second the PBX began the call, or the one before: a listener that
-    joins while the first channel exists dates it by its Uniqueid (whole seconds, taken when
-    Asterisk created the channel, a moment before it reported it)."""
+    """CALL_START is the second the call's first event reports, or the one before.
+
+    The recordings hold both: a2's first channel has Uniqueid ``1795711842.304`` and its CEL
+    ``CHAN_START`` says ``EventTime: 2026-11-26 16:50:42`` (second …842), while its Newchannel
+    is stamped ``Timestamp: 1795711843.000573``. A listener that adopts the channel from
+    ``CoreShowChannels`` (it logs in as the call begins) dates it by the Uniqueid.
+    """
     assert int(at) - 1 <= float(call["CALL_START"]) <= at, (call["CALL_START"], at)
 
 

@@ -27,6 +27,9 @@ What a failure of the whole request does, by the client's error class:
   exponential backoff (capped at a minute), the jobs go back without spending attempts, and after
   three failures in a row it probes with one command per request until one succeeds;
 - ``PortalGone``: the integration becomes ``portal_deleted``, the jobs die (kept, retryable);
+- ``CallNotFound`` answered to a ``finish`` (of a leg Bitrix24 gave us a ``CALL_ID`` for): the
+  call is not open any more because an earlier send of this finish went through and its answer
+  was lost (portal outage, killed worker); delivery is at-least-once, so the job is done;
 - another ``Permanent`` error of a batch: the commands are sent one by one for a while, so the
   culprit dies alone; of a single command: that job dies;
 - anything else: the retry policy decides, spending an attempt.
@@ -56,7 +59,7 @@ from sqlalchemy.orm import Session
 from callbridge.config import Settings
 from callbridge.crm.bitrix24.auth import Credentials
 from callbridge.crm.bitrix24.client import BATCH_LIMIT, Bitrix24Client
-from callbridge.crm.bitrix24.errors import BackOff, PortalGone, ReauthRequired
+from callbridge.crm.bitrix24.errors import BackOff, CallNotFound, PortalGone, ReauthRequired
 from callbridge.crm.bitrix24.rate_limit import RateLimiter, RatePlan
 from callbridge.domain.commands import (
     AttachRecord,
@@ -567,9 +570,9 @@ class Dispatcher:
                         )
         except Exception as err:  # noqa: BLE001 - every failure is classified below
             outcomes.update(self._request_failed(err, sendable, lane))
-            return outcomes
+            return _finished_before(sendable, outcomes)
         lane.failures = 0
-        return outcomes
+        return _finished_before(sendable, outcomes)
 
     def _request_failed(
         self, err: Exception, sendable: Sequence[_Planned], lane: _Lane
@@ -763,6 +766,31 @@ class Dispatcher:
                     await session.commit()
             except Exception:
                 logger.exception("dispatcher: lease heartbeat failed")
+
+
+def _finished_before(
+    sendable: Sequence[_Planned], outcomes: dict[int, _Outcome]
+) -> dict[int, _Outcome]:
+    """A finish refused as "Call is not found" was delivered before: its answer was lost."""
+    for plan in sendable:
+        outcome = outcomes.get(plan.job.id)
+        if (
+            outcome is not None
+            and outcome.fate is _Fate.FAILED
+            and isinstance(plan.command, FinishCall)
+            and isinstance(outcome.error, CallNotFound)
+        ):
+            logger.warning(
+                "dispatcher: job %d: call %s leg %d was already finished in Bitrix24 "
+                "(an earlier finish went through, its answer was lost)",
+                plan.job.id,
+                plan.linkedid,
+                plan.leg,
+            )
+            outcomes[plan.job.id] = _Outcome(
+                _Fate.DONE, {"already_finished": True}
+            )
+    return outcomes
 
 
 def _as_result(value: Any) -> dict[str, Any]:

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from callbridge.storage.job_queue import JobQueue
-from callbridge.storage.models import Bitrix24User, JobStatus
+from callbridge.storage.models import Bitrix24User, Job, JobStatus
 from tests.e2e.test_calls_e2e import Env, environment, ev, inbound_answered
 
 
@@ -112,3 +113,36 @@ class TestPerCommandFailures:
         calls = await env.calls()
         assert calls["1764160000.2-0"]["state"] == "finished"
         assert f"{bad}-0" not in calls
+
+
+class TestAnswerLost:
+    async def test_a_finish_sent_again_after_its_answer_was_lost_is_done(self, env: Env) -> None:
+        linkedid = "1764170000.1"
+        await env.post(*inbound_answered(linkedid))
+        await env.settle()
+        (finish,) = [
+            j for j in await env.jobs() if j.payload["command"]["kind"] == "finish"
+        ]
+        # The worker died after Bitrix24 finished the call and before it recorded the answer:
+        # the lease ran out and the finish is in the queue again.
+        async with env.h.session_factory() as session, session.begin():
+            await session.execute(
+                update(Job)
+                .where(Job.id == finish.id)
+                .values(
+                    status=JobStatus.QUEUED.value,
+                    locked_by=None,
+                    lease_expires_at=None,
+                    result=None,
+                )
+            )
+        env.dispatcher.wake()
+        await env.settle()
+
+        (again,) = [j for j in await env.jobs() if j.id == finish.id]
+        # Bitrix24 answered "Call is not found": the call is finished, which is what was asked.
+        assert again.status == JobStatus.SUCCEEDED, again.last_error
+        assert again.result == {"already_finished": True}
+        call = (await env.calls())[f"{linkedid}-0"]
+        assert call["state"] == "finished"
+        assert call["STATUS_CODE"] == "200"

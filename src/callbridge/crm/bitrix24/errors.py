@@ -28,7 +28,9 @@ job queue's retry policy reads the classes (``Retryable``, ``RetryLater``, ``Per
         │   │   └── AppContextRequired   an app-only method in incoming-webhook mode
         │   ├── MethodNotFound           ERROR_METHOD_NOT_FOUND
         │   ├── InvalidRequest           ERROR_CORE, INVALID_ARGUMENT, CRM errors with an empty
-        │   │                              code, ERROR_BATCH_*, any other 4xx
+        │   │   │                          code, ERROR_BATCH_*, any other 4xx
+        │   │   └── CallNotFound         ``finish``: "Call is not found (call should be registered
+        │   │                              prior to finishing" — no open call with that CALL_ID
         │   └── UnexpectedResponse       an answer that is not the documented envelope
         └── PortalGone                   PORTAL_DELETED (Permanent)
 
@@ -163,6 +165,15 @@ class InvalidRequest(PermanentError):
     """The portal rejected the parameters."""
 
 
+class CallNotFound(InvalidRequest):
+    """No open call has this CALL_ID: it was never registered, or it is already finished."""
+
+
+# ``finish`` of a CALL_ID that is not open (spec §1.2, §8.6): the code is the generic ERROR_CORE,
+# so the description is all that tells it apart. A second finish of one call gets it too.
+_CALL_NOT_FOUND_PREFIX = "call is not found (call should be registered"
+
+
 class UnexpectedResponse(PermanentError):
     """The portal's answer is not the documented JSON envelope."""
 
@@ -240,6 +251,8 @@ def error_from_response(
             cls = MethodNotFound
         else:
             cls = InvalidRequest
+    if cls is InvalidRequest and description.lower().startswith(_CALL_NOT_FOUND_PREFIX):
+        cls = CallNotFound
     if key in _LONG_WAIT_CODES and retry_after is None:
         retry_after = OPERATION_LIMIT_RETRY_AFTER
     return cls(

@@ -55,6 +55,19 @@ class TestErrorFromResponse:
     def test_oauth_server_codes(self, code: str, cls: type) -> None:
         assert type(e.error_from_response(400, code, "", oauth=True)) is cls
 
+    def test_finish_of_a_call_that_is_not_open_is_told_apart(self) -> None:
+        err = e.error_from_response(
+            400,
+            "ERROR_CORE",
+            "Call is not found (call should be registered prior to finishing",
+            method="telephony.externalCall.finish",
+        )
+        assert type(err) is e.CallNotFound
+        assert isinstance(err, e.InvalidRequest)
+        assert isinstance(err, Permanent)
+        other = e.error_from_response(400, "ERROR_CORE", "USER_ID or USER_PHONE_INNER should be set")
+        assert type(other) is e.InvalidRequest
+
 
 class TestWhatTheQueueReads:
     def test_groups_map_to_retry_policy_bases(self) -> None:

@@ -1,4 +1,4 @@
-"""Real processes for failure scenarios: the emulator, ``callbridge serve`` and ``callbridge worker``.
+"""Real processes for failure tests: the emulator, ``callbridge serve``, ``callbridge worker``.
 
 Nothing runs in the test's process but a TCP proxy and the PBX: the emulator is ``python -m
 bitrix24_emulator`` on its own port, callbridge's web app and worker are separate ``python -m
@@ -58,6 +58,7 @@ KNOWN_CALLER = "84951234567"
 #: Extensions of the seed's active users 1..3 (104 was fired: Bitrix24 refuses to finish for them).
 EXTENSIONS = ("101", "102", "103")
 STATUS_ANSWERED, STATUS_MISSED = "200", "304"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def free_port() -> int:
@@ -92,9 +93,9 @@ class TcpProxy:
         """Connections whose request has been forwarded and not yet answered."""
         return sum(1 for link in self._links if link.awaiting)
 
-    async def wait_in_flight(self, timeout: float) -> bool:
-        """Wait (at most ``timeout`` s) until a request is in flight; whether one was."""
-        deadline = time.monotonic() + timeout
+    async def wait_in_flight(self, within: float) -> bool:
+        """Wait (at most ``within`` s) until a request is in flight; whether one was."""
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if self.in_flight():
                 return True
@@ -143,8 +144,8 @@ class TcpProxy:
             self._links.discard(link)
             link.abort()
 
-    async def catch_answer(self, timeout: float) -> bool:
-        """Hold back the next answer the portal sends; whether one came within ``timeout`` s.
+    async def catch_answer(self, within: float) -> bool:
+        """Hold back the next answer the portal sends; whether one came within ``within`` s.
 
         The portal has processed that request, and its client never learns the outcome: the
         connection stays open and silent until :meth:`down` or the client's death cuts it.
@@ -152,7 +153,7 @@ class TcpProxy:
         trap: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._trap = trap
         try:
-            await asyncio.wait_for(asyncio.shield(trap), timeout)
+            await asyncio.wait_for(asyncio.shield(trap), within)
         except TimeoutError:
             return False
         finally:
@@ -161,7 +162,12 @@ class TcpProxy:
         return True
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link, *, request: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        link: _Link,
+        *,
+        request: bool,
     ) -> None:
         try:
             while data := await reader.read(65536):
@@ -322,13 +328,12 @@ async def stack(
     plan: str = "standard",
 ) -> AsyncIterator[Stack]:
     """Emulator, proxy, web app and worker running on ``database_url``, the app installed."""
-    tmp.mkdir(parents=True, exist_ok=True)
+    os.makedirs(tmp, exist_ok=True)
     emulator_port, proxy_port, bridge_port = free_port(), free_port(), free_port()
     bridge_url = f"http://{HOST}:{bridge_port}"
-    src = Path(__file__).resolve().parents[2] / "src"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")},
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
         "CALLBRIDGE_DATABASE_URL": database_url,
         "CALLBRIDGE_VAR_DIR": str(tmp / "var"),
         "CALLBRIDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
@@ -345,7 +350,9 @@ async def stack(
         "CALLBRIDGE_AMI_ENABLED": "false",
         "CALLBRIDGE_LOG_LEVEL": "INFO",
     }
-    s = Stack(tmp, database_url, env, emulator_port, TcpProxy(proxy_port, emulator_port), bridge_url)
+    s = Stack(
+        tmp, database_url, env, emulator_port, TcpProxy(proxy_port, emulator_port), bridge_url
+    )
     try:
         emulator_args = [
             "-m",
@@ -506,6 +513,7 @@ class Report:
     wrong_status: list[str] = field(default_factory=list)
     registered_twice: list[str] = field(default_factory=list)  # two CALL_IDs for one call
     register_resent: int = 0  # register accepted again for a leg (same CALL_ID: harmless)
+    cards_left_open: list[str] = field(default_factory=list)  # finished, a card still shown
     dead_jobs: list[str] = field(default_factory=list)
     stuck_jobs: int = 0  # queued or running when the drain timed out
     portal_503s: int = 0  # rate-limit answers (QUERY_LIMIT_EXCEEDED)
@@ -523,6 +531,10 @@ class Report:
     last_pbx_event: float = 0.0
     idle_at: float = 0.0
     first_success_after_outage: float | None = None
+    #: Seconds from the portal's return (the worker's restart) until the last call that had
+    #: ended before it was finished in Bitrix24: how long the backlog took to go out.
+    backlog_after_outage: float = 0.0
+    backlog_after_restart: float = 0.0
     elapsed: float = 0.0
 
     @property
@@ -564,15 +576,18 @@ class Report:
             f"{len(self.not_finished)}, wrong status {len(self.wrong_status)})",
             f"duplicates: {self.duplicates} (calls registered twice); register re-sent after a "
             f"lost answer: {self.register_resent} (same CALL_ID back)",
-            f"dead jobs: {len(self.dead_jobs)}; stuck jobs: {self.stuck_jobs}",
+            f"dead jobs: {len(self.dead_jobs)}; stuck jobs: {self.stuck_jobs}; finished calls "
+            f"with a card still shown: {len(self.cards_left_open)}",
             f"portal requests: {self.requests}; 503 QUERY_LIMIT_EXCEEDED: {self.portal_503s}; "
             f"failed by the outage fault: {self.faulted}; connections cut mid-request by the "
             f"outage: {self.aborted_mid_request}",
             f"webhook: non-202 answers {refused}, network errors {self.webhook_network_errors}",
             f"first portal request accepted after the outage: {resumed} after it ended",
-            f"drain: queue idle {self.idle_at - self.outage_end:.1f} s after the portal came "
-            f"back, {self.idle_at - self.restarted_at:.1f} s after the worker restart, "
-            f"{self.idle_at - self.last_pbx_event:.1f} s after the last PBX event",
+            f"backlog delivered: calls ended during the outage finished in Bitrix24 within "
+            f"{self.backlog_after_outage:.1f} s of its end; calls ended before the restart "
+            f"within {self.backlog_after_restart:.1f} s of the restart",
+            f"drain: queue idle {self.idle_at - self.last_pbx_event:.1f} s after the last PBX "
+            f"event",
             f"total run: {self.elapsed:.1f} s",
         ]
 
@@ -607,9 +622,9 @@ async def _command_jobs(database_url: str) -> tuple[int, list[str]]:
     return int(pending or 0), described
 
 
-async def wait_idle(database_url: str, timeout: float) -> int:
-    """Wait until no command job is queued or running; how many still are at the timeout."""
-    deadline = time.monotonic() + timeout
+async def wait_idle(database_url: str, within: float) -> int:
+    """Wait until no command job is queued or running; how many still are after ``within`` s."""
+    deadline = time.monotonic() + within
     while True:
         pending, _ = await _command_jobs(database_url)
         if pending == 0 or time.monotonic() > deadline:
@@ -709,12 +724,21 @@ async def run_outage(s: Stack, scenario: Scenario) -> Report:
         if not ok:
             continue
         mine = by_linkedid.get(call.linkedid, [])
+        ended = call.events[-1][0]
+        done = max((float(c.get("finished_at") or 0.0) for c in mine), default=0.0)
+        if done and ended < report.outage_end:
+            report.backlog_after_outage = max(report.backlog_after_outage, done - report.outage_end)
+        if done and ended < report.restarted_at:
+            lag = done - report.restarted_at
+            report.backlog_after_restart = max(report.backlog_after_restart, lag)
         if not mine:
             report.not_registered.append(call.linkedid)
             continue
         report.registered += 1
         if len({c["CALL_ID"] for c in mine}) > 1:
             report.registered_twice.append(call.linkedid)
+        if any(c.get("cards_visible") for c in mine if c["state"] == "finished"):
+            report.cards_left_open.append(call.linkedid)
         if any(c["state"] != "finished" for c in mine):
             report.not_finished.append(call.linkedid)
         elif any(str(c.get("STATUS_CODE")) != call.expected_status for c in mine):
@@ -729,9 +753,7 @@ async def run_outage(s: Stack, scenario: Scenario) -> Report:
     accepted = Counter(ext for r in requests for ext in _registers(r))
     report.register_resent = sum(n - 1 for n in accepted.values() if n > 1)
     after = [
-        r["time"]
-        for r in requests
-        if r["time"] >= report.outage_end and r.get("status") == 200
+        r["time"] for r in requests if r["time"] >= report.outage_end and r.get("status") == 200
     ]
     report.first_success_after_outage = min(after, default=None)
     report.elapsed = time.monotonic() - began

@@ -787,9 +787,7 @@ def _finished_before(
                 plan.linkedid,
                 plan.leg,
             )
-            outcomes[plan.job.id] = _Outcome(
-                _Fate.DONE, {"already_finished": True}
-            )
+            outcomes[plan.job.id] = _Outcome(_Fate.DONE, {"already_finished": True})
     return outcomes
 
 

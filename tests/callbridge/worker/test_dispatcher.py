@@ -120,9 +120,7 @@ class TestAnswerLost:
         linkedid = "1764170000.1"
         await env.post(*inbound_answered(linkedid))
         await env.settle()
-        (finish,) = [
-            j for j in await env.jobs() if j.payload["command"]["kind"] == "finish"
-        ]
+        (finish,) = [j for j in await env.jobs() if j.payload["command"]["kind"] == "finish"]
         # The worker died after Bitrix24 finished the call and before it recorded the answer:
         # the lease ran out and the finish is in the queue again.
         async with env.h.session_factory() as session, session.begin():

@@ -65,7 +65,9 @@ class TestErrorFromResponse:
         assert type(err) is e.CallNotFound
         assert isinstance(err, e.InvalidRequest)
         assert isinstance(err, Permanent)
-        other = e.error_from_response(400, "ERROR_CORE", "USER_ID or USER_PHONE_INNER should be set")
+        other = e.error_from_response(
+            400, "ERROR_CORE", "USER_ID or USER_PHONE_INNER should be set"
+        )
         assert type(other) is e.InvalidRequest
 
 

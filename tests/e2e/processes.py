@@ -79,28 +79,9 @@ class TcpProxy:
         self.upstream_port = upstream_port
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
-        self.aborted = 0  # connections cut by down()
-        self.aborted_mid_request = 0  # ... of which a request was waiting for its answer
+        self.aborted_mid_request = 0  # connections cut by down() while a request awaited
         self.answers_held = 0  # answers of processed requests never delivered
         self._trap: asyncio.Future[None] | None = None
-
-    @property
-    def is_up(self) -> bool:
-        """Whether the port accepts connections."""
-        return self._server is not None
-
-    def in_flight(self) -> int:
-        """Connections whose request has been forwarded and not yet answered."""
-        return sum(1 for link in self._links if link.awaiting)
-
-    async def wait_in_flight(self, within: float) -> bool:
-        """Wait (at most ``within`` s) until a request is in flight; whether one was."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if self.in_flight():
-                return True
-            await asyncio.sleep(0.001)
-        return False
 
     async def up(self) -> None:
         """Listen (again) on the port."""
@@ -115,7 +96,6 @@ class TcpProxy:
         if server is not None:
             server.close()
         for link in list(self._links):
-            self.aborted += 1
             self.aborted_mid_request += link.awaiting
             link.abort()
         self._links.clear()

@@ -40,7 +40,9 @@ format: install
 	$(BIN)/ruff check --fix src tests benchmarks migrations
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/queue.py
+	$(BIN)/python benchmarks/ami.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
@@ -21,7 +21,7 @@ from callbridge.cli.enterprise import enterprise_app
 from callbridge.config import Settings, load_settings
 from callbridge.domain.errors import CallbridgeError
 from callbridge.pbx.ami.listener import AmiUrl
-from callbridge.storage.ami import AmiStatusRepository
+from callbridge.storage.ami import STATUS_STALE_AFTER, AmiStatusRepository
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.models import AmiStatus
@@ -31,9 +31,6 @@ from callbridge.storage.types import utcnow
 __all__ = ["set_ami_command", "status_command"]
 
 T = TypeVar("T")
-
-# A running listener rewrites its row every few seconds; older than this, its process is gone.
-STALE_AFTER = timedelta(seconds=60)
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -182,7 +179,7 @@ def _state(line: _Line, now: datetime) -> str:
         return "not configured"
     if status is None:
         return "not started"
-    if status.state != "stopped" and now - status.updated_at > STALE_AFTER:
+    if status.state != "stopped" and now - status.updated_at > STATUS_STALE_AFTER:
         return f"stale ({status.state})"
     return status.state
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 
 from sqlalchemy import exists, func, select, text
@@ -23,6 +23,7 @@ from callbridge.storage.types import utcnow
 
 __all__ = [
     "ADVISORY_LOCK_CLASS",
+    "STATUS_STALE_AFTER",
     "AmiStatusRepository",
     "OpenCallRow",
     "StatusUpdate",
@@ -37,6 +38,9 @@ __all__ = [
 ADVISORY_LOCK_CLASS: Final = 0x4342414D
 _INT4_MASK: Final = 0x7FFFFFFF
 _OPEN_STATES: Final = ("new", "active")
+#: A running listener rewrites its status row every few seconds; a row older than this (and not
+#: ``stopped``) belongs to a process that is gone, whatever state it last wrote.
+STATUS_STALE_AFTER: Final = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from callbridge.portals import Portals, running_portals
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.probe import safe_url
-from callbridge.web import bitrix24_app, health, pbx, routing
+from callbridge.web import bitrix24_app, health, metrics, pbx, routing
 from callbridge.web.background import WorkerFactory, WorkerRunner
 from callbridge.web.errors import install_error_handlers
 
@@ -119,6 +119,7 @@ def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = Non
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(pbx.router)
     app.include_router(bitrix24_app.router)
     app.include_router(routing.router)

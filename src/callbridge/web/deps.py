@@ -45,6 +45,11 @@ def get_worker_runner(request: Request) -> WorkerRunner | None:
     return cast(WorkerRunner | None, request.state.worker)
 
 
+def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+    """The session factory, for routes that must close their session before answering."""
+    return cast(async_sessionmaker[AsyncSession], request.state.session_factory)
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """A session for one request: committed when the route succeeds, rolled back otherwise.
 
@@ -70,4 +75,5 @@ EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 HttpClientDep = Annotated[httpx.AsyncClient, Depends(get_http_client)]
 SecretBoxDep = Annotated[SecretBox, Depends(get_secret_box)]
 WorkerRunnerDep = Annotated[WorkerRunner | None, Depends(get_worker_runner)]
+SessionFactoryDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

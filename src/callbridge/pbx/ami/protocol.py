@@ -16,6 +16,7 @@ colon are kept in :attr:`Message.unparsed`, and a block larger than ``max_block_
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Final
@@ -42,6 +43,8 @@ _FOLLOWS_TEXT: Final = re.compile(r"[ \t]*Response:[ \t]*Follows")
 _FOLLOWS_BYTES: Final = re.compile(rb"[ \t]*Response:[ \t]*Follows")
 # The banner is one short line; anything longer without a newline is not a banner.
 _MAX_BANNER: Final = 256
+# Keys a regex search finds exactly as the full parse would (no colon, line break, blank key).
+_PEEKABLE: Final = re.compile(r"\A[^:\r\n]*[^:\s][^:\r\n]*\Z")
 _FOLLOWS_HEADERS: Final = frozenset({"response", "privilege", "actionid", "message"})
 
 HeaderValue = str | Sequence[str]
@@ -140,6 +143,18 @@ class Message:
     def get(self, key: str, default: str | None = None) -> str | None:
         """The first value of ``key`` (case-insensitive), or ``default``."""
         return self._index.get(key.lower(), default)
+
+    def peek(self, key: str) -> str | None:
+        """The first value of ``key``, as :meth:`get`, without parsing the rest of the block.
+
+        For a consumer that drops most events of a name by one header (``VarSet`` by its
+        ``Variable``): a lazily parsed event is searched, not parsed.
+        """
+        text = self._text
+        if text is None or self._items_cache is not None or not _PEEKABLE.match(key):
+            return self.get(key)
+        match = _header_pattern(key).search(text)
+        return match[1] if match is not None else None
 
     def getall(self, key: str) -> list[str]:
         """Every value of ``key`` (case-insensitive), in stream order."""
@@ -398,6 +413,13 @@ def _parse_lines(text: str) -> tuple[list[tuple[str, str]], list[str]]:
             key, value = pair
         items.append((key, value))
     return items, unparsed
+
+
+@functools.lru_cache(maxsize=64)
+def _header_pattern(key: str) -> re.Pattern[str]:
+    # The same reading as _parse_line: the key is everything before the line's first colon,
+    # compared case-insensitively; one space after the colon is not part of the value.
+    return re.compile(rf"^{re.escape(key)}: ?(.*)$", re.MULTILINE | re.IGNORECASE)
 
 
 def _make_index(items: Iterable[tuple[str, str]]) -> dict[str, str]:

@@ -194,6 +194,9 @@ class AmiTranslator:
     def __init__(self, config: TranslatorConfig | None = None) -> None:
         self.config = config or TranslatorConfig()
         self._classifier = Classifier(self.config)
+        self._variables = frozenset(
+            {RECORDING_VARIABLE, self.config.b24_call_id_variable, self.config.callback_variable}
+        )
         self._calls: OrderedDict[str, _Call] = OrderedDict()
         self._channels: dict[str, _Channel] = {}
         self._locals: dict[str, dict[int, str]] = {}
@@ -228,6 +231,10 @@ class AmiTranslator:
         """The call facts one AMI event implies, in order (usually none)."""
         name = event.name
         if name not in HANDLED_EVENTS:
+            return []
+        # Most of a PBX's events are VarSets of variables we do not read: drop them on the
+        # Variable header alone, before anything parses the whole event.
+        if name == "VarSet" and (event.peek("Variable") or "").lstrip("_") not in self._variables:
             return []
         when = self._when(event)
         out: Out = []
@@ -463,7 +470,7 @@ class AmiTranslator:
         # Inherited variables are set as _NAME / __NAME; the name is the same variable.
         name = variable.lstrip("_")
         config = self.config
-        if name not in (RECORDING_VARIABLE, config.b24_call_id_variable, config.callback_variable):
+        if name not in self._variables:
             return
         channel = self._channel(event, when, out)
         if channel is None:

@@ -344,6 +344,57 @@ class TestFastFraming:
 
         assert parsed == [m for m in reference if isinstance(m, Event | Response | Action)]
 
+    @settings(max_examples=300, deadline=1000)
+    @given(
+        lines=st.lists(
+            st.sampled_from(
+                [
+                    "Variable: A",
+                    "variable:B",
+                    "VARIABLE:  C",
+                    "Variable:",
+                    "Value: x",
+                    "bad",
+                    ": no key",
+                    "Variable",
+                    "Var: iable",
+                    " Variable: D",
+                    "Variable: E: F",
+                ]
+            ),
+            max_size=8,
+        ),
+        key=st.sampled_from(
+            [
+                "Variable",
+                "VARIABLE",
+                "Value",
+                "Var",
+                " Variable",
+                "Event",
+                "Missing",
+                "",
+                " ",
+                "Variable: E",
+                "A\nVariable",
+            ]
+        ),
+    )
+    def test_peek_finds_what_get_finds(self, lines: list[str], key: str) -> None:
+        block = "\r\n".join(["Event: VarSet", *lines]).encode()
+
+        peeked = Message.from_block(block).peek(key)
+
+        assert peeked == Message.from_block(block).get(key)
+
+    def test_peek_leaves_the_event_unparsed(self) -> None:
+        event = Message.from_block(b"Event: VarSet\r\nChannel: PJSIP/1\r\nVariable: X\r\n")
+
+        assert event.peek("variable") == "X"
+        assert event._items_cache is None  # nothing parsed yet
+        assert event.get("Channel") == "PJSIP/1"
+        assert event.peek("Variable") == "X"
+
     def test_lazy_events_equal_eager_ones(self) -> None:
         lazy = Message.from_block(b"Event: X\r\nA: 1\r\nbad\r\nB:2")
         eager = Event([("Event", "X"), ("A", "1"), ("B", "2")], unparsed=["bad"])

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     api_log_retention_days: float = Field(default=30.0, gt=0)
     job_retention_days: float = Field(default=7.0, gt=0)
     maintenance_interval_seconds: float = Field(default=3600.0, gt=0)
+    #: When set, ``/metrics`` answers only requests with ``Authorization: Bearer <token>``.
+    metrics_token: SecretStr = SecretStr("")
     #: Listen to the AMI of every enterprise that has an AMI URL (one listener per PBX).
     ami_enabled: bool = True
     #: How often the worker looks for enterprises whose AMI URL was added or changed.

@@ -3,8 +3,10 @@
 Every number is read at scrape time by :class:`callbridge.storage.metrics.MetricsRepository`
 (a few aggregate queries in one short session), because the worker that does the work may be
 another process: any web process reports the whole deployment. The session is closed before
-the text is rendered. The snapshot is then handed to ``prometheus_client`` through a
+the text is rendered: the snapshot goes to ``prometheus_client`` through a
 :class:`~prometheus_client.registry.Collector`, which owns the format (escaping, types, help).
+With ``CALLBRIDGE_METRICS_TOKEN`` set, a scrape must send it as a bearer token (the labels name
+customers' portals and PBXs).
 
 Metrics (all gauges):
 
@@ -26,11 +28,14 @@ Metrics (all gauges):
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Final
+from http import HTTPStatus
+from typing import Annotated, Final
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -41,7 +46,8 @@ from callbridge.domain.errors import StorageError
 from callbridge.storage.metrics import PENDING_JOB_STATUSES, MetricsRepository, MetricsSnapshot
 from callbridge.storage.models import IntegrationStatus
 from callbridge.storage.types import utcnow
-from callbridge.web.deps import SessionFactoryDep
+from callbridge.web.deps import SessionFactoryDep, SettingsDep
+from callbridge.web.errors import error_response
 
 router = APIRouter(tags=["metrics"])
 
@@ -195,13 +201,39 @@ class SnapshotCollector(Collector):
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition"}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition"},
+        401: {"description": "CALLBRIDGE_METRICS_TOKEN is set and was not sent"},
+    },
 )
-async def metrics(session_factory: SessionFactoryDep) -> Response:
+async def metrics(
+    session_factory: SessionFactoryDep,
+    settings: SettingsDep,
+    authorization: Annotated[str, Header(include_in_schema=False)] = "",
+) -> Response:
     """Jobs, AMI listeners, integrations, Bitrix24 requests and open calls, in Prometheus text."""
+    token = settings.metrics_token.get_secret_value()
+    if token and not _bearer_matches(authorization, token):
+        # The series name customers' portals and PBXs: with a token set, nobody else reads them.
+        return error_response(
+            HTTPStatus.UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <CALLBRIDGE_METRICS_TOKEN>",
+            headers={"WWW-Authenticate": 'Bearer realm="callbridge-metrics"'},
+        )
     try:
         async with session_factory() as session:
             snapshot = await MetricsRepository(session).snapshot(utcnow(), API_WINDOW)
     except (OperationalError, InterfaceError, OSError) as err:
         raise StorageError("the database is unavailable; try again later") from err
     return Response(generate_latest(SnapshotCollector(snapshot)), media_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_matches(authorization: str, token: str) -> bool:
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    # Digests first: compare_digest leaks the length of what it compares.
+    return hmac.compare_digest(
+        hashlib.sha256(given.strip().encode()).digest(), hashlib.sha256(token.encode()).digest()
+    )

@@ -333,3 +333,22 @@ class TestCalls:
             await session.execute(update(Call).values(state="ended"))
 
         assert of(await scrape(client), "callbridge_calls_in_progress") == {}
+
+
+class TestToken:
+    async def test_with_a_token_set_only_a_scrape_that_sends_it_is_answered(
+        self, fresh_database_url: str, tmp_path: Path
+    ) -> None:
+        settings = make_settings(tmp_path, fresh_database_url, metrics_token="scrape-secret")
+        async with serve(create_app(settings)) as client:
+            missing = await client.get("/metrics")
+            wrong = await client.get("/metrics", headers={"Authorization": "Bearer nope"})
+            basic = await client.get("/metrics", headers={"Authorization": "Basic scrape-secret"})
+            right = await client.get("/metrics", headers={"Authorization": "Bearer scrape-secret"})
+
+        for refused in (missing, wrong, basic):
+            assert refused.status_code == 401
+            assert refused.json()["error"]["code"] == "unauthorized"
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert right.status_code == 200
+        assert "callbridge_jobs_oldest_queued_age_seconds 0.0" in right.text

@@ -18,6 +18,7 @@ from callbridge.config import Settings
 from callbridge.domain.errors import StorageError
 from callbridge.storage.crypto import SecretBox
 from callbridge.web.background import WorkerRunner
+from callbridge.web.intake import CredentialCache, IntakeWriter
 
 
 def get_settings(request: Request) -> Settings:
@@ -38,6 +39,21 @@ def get_http_client(request: Request) -> httpx.AsyncClient:
 def get_secret_box(request: Request) -> SecretBox:
     """Encrypts and decrypts secrets at rest."""
     return cast(SecretBox, request.state.secret_box)
+
+
+def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+    """The session factory, for routes that run their own short transactions."""
+    return cast(async_sessionmaker[AsyncSession], request.state.session_factory)
+
+
+def get_intake_writer(request: Request) -> IntakeWriter:
+    """The process's group-commit writer of PBX webhook events."""
+    return cast(IntakeWriter, request.state.pbx_intake)
+
+
+def get_credential_cache(request: Request) -> CredentialCache:
+    """The process's cache of enterprises' webhook secrets."""
+    return cast(CredentialCache, request.state.pbx_credentials)
 
 
 def get_worker_runner(request: Request) -> WorkerRunner | None:
@@ -70,4 +86,7 @@ EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 HttpClientDep = Annotated[httpx.AsyncClient, Depends(get_http_client)]
 SecretBoxDep = Annotated[SecretBox, Depends(get_secret_box)]
 WorkerRunnerDep = Annotated[WorkerRunner | None, Depends(get_worker_runner)]
+SessionFactoryDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
+IntakeWriterDep = Annotated[IntakeWriter, Depends(get_intake_writer)]
+CredentialCacheDep = Annotated[CredentialCache, Depends(get_credential_cache)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -25,6 +25,11 @@ Two measurements per endpoint and database:
    with the client's own lag (how late it sent the p99 request): a run whose achieved rate is
    below the target, or whose client lag is not small, measured the client, not the server.
 
+The machine is shared, so the rates move with other processes' load. ``cpu µs`` is the server
+process's own CPU time (user + system) per request over the throughput rounds, which that load
+hardly moves; ``cpu ratio`` (no-op's over the webhook's) is the rate ratio the app would reach on
+a core of its own. (On PostgreSQL the database server's CPU is not in it.)
+
 After the runs the benchmark counts the stored events: every event answered 202 must be in
 ``pbx_events`` (accepted means committed). PostgreSQL is used when ``--postgres`` or
 ``CALLBRIDGE_TEST_POSTGRES_URL`` names a server; the benchmark creates its own database
@@ -48,6 +53,7 @@ import contextlib
 import cProfile
 import json
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -98,6 +104,9 @@ def serve(database_url: str, var_dir: str, port: int) -> None:
     profile = os.environ.get(PROFILE_ENV)
     profiler = cProfile.Profile() if profile else None
     if profiler is not None:
+        # uvicorn re-raises the SIGTERM it caught once it has shut down: make that an exit
+        # that runs ``finally`` (the default action would kill us before the stats are saved).
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         profiler.enable()
     try:
         uvicorn.run(
@@ -187,8 +196,10 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(database_url: str, var_dir: Path, profile: Path | None = None) -> Iterator[str]:
-    """The app in a child process; its base URL."""
+def server(
+    database_url: str, var_dir: Path, profile: Path | None = None
+) -> Iterator[tuple[str, int]]:
+    """The app in a child process; its base URL and process id."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     if profile is not None:
@@ -208,7 +219,7 @@ def server(database_url: str, var_dir: Path, profile: Path | None = None) -> Ite
             if time.monotonic() > deadline or child.poll() is not None:
                 raise RuntimeError("the app did not start")
             time.sleep(0.1)
-        yield base
+        yield base, child.pid
     finally:
         child.terminate()
         child.wait(timeout=30)
@@ -249,6 +260,10 @@ class Calls:
         ]
 
 
+# The first error answer, shown once (the rest are counted).
+ERRORS_SEEN: list[str] = []
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection that POSTs JSON bodies and reads the status."""
 
@@ -263,7 +278,7 @@ class Connection:
         return cls(reader, writer)
 
     async def post(self, path: str, body: bytes) -> int:
-        """Send one request and read its whole response; the status code."""
+        """Send one request and read its whole response; its status code."""
         head = (
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -277,8 +292,9 @@ class Connection:
             if name.strip().lower() == b"content-length":
                 length = int(value)
         content = await self.reader.readexactly(length) if length else b""
-        if status != 202:
-            raise RuntimeError(f"{path}: {status} {content[:200]!r}")
+        if status != 202 and not ERRORS_SEEN:
+            ERRORS_SEEN.append(f"{path}: {status} {content[:200]!r}")
+            print(ERRORS_SEEN[0], file=sys.stderr)
         return status
 
     def close(self) -> None:
@@ -290,21 +306,23 @@ async def throughput(port: int, path: str, seconds: float, concurrency: int) -> 
     """Events/s with ``concurrency`` connections, each sending its calls' events in turn."""
     calls = Calls(f"tp{uuid.uuid4().hex[:6]}")
     connections = [await Connection.open(port) for _ in range(concurrency)]
-    sent = 0
+    accepted = errors = 0
 
     async def worker(connection: Connection, deadline: float) -> None:
-        nonlocal sent
+        nonlocal accepted, errors
         while time.perf_counter() < deadline:
             for body in calls.call():
-                await connection.post(path, body)
-                sent += 1
+                if await connection.post(path, body) == 202:
+                    accepted += 1
+                else:
+                    errors += 1
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(c, started + seconds) for c in connections))
     elapsed = time.perf_counter() - started
     for connection in connections:
         connection.close()
-    return {"events_per_second": sent / elapsed, "accepted": sent}
+    return {"events_per_second": accepted / elapsed, "accepted": accepted, "errors": errors}
 
 
 async def latency(
@@ -322,15 +340,20 @@ async def latency(
     latencies: list[float] = []
     lags: list[float] = []
     done_at: list[float] = []
+    errors = 0
 
     async def one(due: float, body: bytes) -> None:
+        nonlocal errors
         # Waiting for a free connection counts: it is the server being slow.
         connection = await idle.get()
         try:
-            await connection.post(path, body)
+            status = await connection.post(path, body)
         finally:
             idle.put_nowait(connection)
         now = time.perf_counter()
+        if status != 202:
+            errors += 1
+            return
         latencies.append((now - due) * 1000)
         done_at.append(now)
 
@@ -351,10 +374,11 @@ async def latency(
     while not idle.empty():
         idle.get_nowait().close()
     return {
-        "latencies": latencies,
+        "latencies": latencies or [float("nan")],
         "client_lag_p99": _percentile(lags, 0.99),
-        "achieved_rate": total / (max(done_at) - start),
-        "accepted": total,
+        "achieved_rate": len(latencies) / (max(done_at, default=start + 1) - start),
+        "accepted": len(latencies),
+        "errors": errors,
     }
 
 
@@ -409,6 +433,8 @@ class Row:
     p99: float
     achieved_rate: float
     client_lag_p99: float
+    errors: int
+    cpu_us: float
 
     @property
     def events_per_second(self) -> float:
@@ -421,7 +447,7 @@ class Row:
         return (
             f"{self.backend:<9} {self.endpoint:<8} {self.events_per_second:>9.0f} "
             f"{self.p50:>7.1f} {self.p99:>7.1f} {self.achieved_rate:>9.0f} "
-            f"{self.client_lag_p99:>8.1f}   {spread}"
+            f"{self.client_lag_p99:>8.1f} {self.errors:>6} {self.cpu_us:>7.0f}   {spread}"
         )
 
 
@@ -437,10 +463,21 @@ async def count_events(url: str) -> int:
         await engine.dispose()
 
 
-def measure(backend: str, port: int, options: argparse.Namespace) -> tuple[list[Row], int]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    backend: str, port: int, pid: int, options: argparse.Namespace
+) -> tuple[list[Row], int]:
     """Both endpoints on one server, interleaved; the rows and the webhook's 202 count."""
     endpoints = {"no-op": NOOP, "webhook": WEBHOOK}
     rounds: dict[str, list[float]] = {name: [] for name in endpoints}
+    errors = dict.fromkeys(endpoints, 0)
+    cpu = dict.fromkeys(endpoints, 0.0)
+    handled = dict.fromkeys(endpoints, 0)
     latencies: dict[str, dict[str, Any]] = {}
     accepted = 0
     for name, path in endpoints.items():  # warm-up
@@ -457,6 +494,7 @@ def measure(backend: str, port: int, options: argparse.Namespace) -> tuple[list[
     for index in range(options.rounds):
         order = list(endpoints) if index % 2 == 0 else list(reversed(endpoints))
         for name in order:
+            before = _cpu_seconds(pid)
             result = load(
                 {
                     "kind": "throughput",
@@ -466,7 +504,10 @@ def measure(backend: str, port: int, options: argparse.Namespace) -> tuple[list[
                     "concurrency": options.concurrency,
                 }
             )
+            cpu[name] += _cpu_seconds(pid) - before
+            handled[name] += result["accepted"] + result["errors"]
             rounds[name].append(result["events_per_second"])
+            errors[name] += result["errors"]
             accepted += result["accepted"] if name == "webhook" else 0
     for name in ("webhook", "no-op"):
         result = load(
@@ -480,6 +521,7 @@ def measure(backend: str, port: int, options: argparse.Namespace) -> tuple[list[
             }
         )
         latencies[name] = result
+        errors[name] += result["errors"]
         accepted += result["accepted"] if name == "webhook" else 0
     rows = [
         Row(
@@ -490,6 +532,8 @@ def measure(backend: str, port: int, options: argparse.Namespace) -> tuple[list[
             _percentile(latencies[name]["latencies"], 0.99),
             latencies[name]["achieved_rate"],
             latencies[name]["client_lag_p99"],
+            errors[name],
+            cpu[name] / max(1, handled[name]) * 1e6,
         )
         for name in endpoints
     ]
@@ -517,7 +561,7 @@ def run(options: argparse.Namespace) -> None:
     )
     print(
         f"{'database':<9} {'endpoint':<8} {'events/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'achieved':>9} {'lag p99':>8}   rounds"
+        f"{'achieved':>9} {'lag p99':>8} {'errors':>6} {'cpu µs':>7}   rounds"
     )
     for backend in backends:
         with tempfile.TemporaryDirectory(prefix="cbbench-") as tmp_dir:
@@ -532,9 +576,9 @@ def run(options: argparse.Namespace) -> None:
                         if options.profile
                         else None
                     )
-                    with server(url, tmp / "var", profile) as base:
+                    with server(url, tmp / "var", profile) as (base, pid):
                         port = int(base.rsplit(":", 1)[1])
-                        rows, accepted = measure(backend, port, options)
+                        rows, accepted = measure(backend, port, pid, options)
                     stored = loop.run_until_complete(count_events(url))
                 finally:
                     loop.run_until_complete(stack.aclose())
@@ -550,6 +594,10 @@ def run(options: argparse.Namespace) -> None:
         print(
             f"{backend:<9} ratio: {ratio:.2f} (webhook events/s over no-op events/s; "
             f"per round {per_round})"
+        )
+        print(
+            f"{backend:<9} cpu ratio: {noop.cpu_us / webhook.cpu_us:.2f} (no-op's server CPU "
+            "per request over the webhook's: the rate ratio on a core of its own)"
         )
         verdict = "ok" if stored == accepted else "LOST EVENTS"
         print(f"{backend:<9} durable: {stored} events stored, {accepted} answered 202 ({verdict})")

@@ -2,6 +2,9 @@
 
 Each reads a resource the lifespan built (see :class:`callbridge.web.app.State`); nothing here
 connects or opens anything at import time. Tests override one dependency at a time.
+
+The getters are ``async def`` although they never await: FastAPI runs a plain ``def``
+dependency in its thread pool, a thread hop (and a wait for the GIL) on every request.
 """
 
 from __future__ import annotations
@@ -21,42 +24,42 @@ from callbridge.web.background import WorkerRunner
 from callbridge.web.intake import CredentialCache, IntakeWriter
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The application's settings."""
     return cast(Settings, request.state.settings)
 
 
-def get_engine(request: Request) -> AsyncEngine:
+async def get_engine(request: Request) -> AsyncEngine:
     """The database engine."""
     return cast(AsyncEngine, request.state.engine)
 
 
-def get_http_client(request: Request) -> httpx.AsyncClient:
+async def get_http_client(request: Request) -> httpx.AsyncClient:
     """The shared outbound HTTP client (one connection pool for the process)."""
     return cast(httpx.AsyncClient, request.state.http_client)
 
 
-def get_secret_box(request: Request) -> SecretBox:
+async def get_secret_box(request: Request) -> SecretBox:
     """Encrypts and decrypts secrets at rest."""
     return cast(SecretBox, request.state.secret_box)
 
 
-def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+async def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
     """The session factory, for routes that run their own short transactions."""
     return cast(async_sessionmaker[AsyncSession], request.state.session_factory)
 
 
-def get_intake_writer(request: Request) -> IntakeWriter:
+async def get_intake_writer(request: Request) -> IntakeWriter:
     """The process's group-commit writer of PBX webhook events."""
     return cast(IntakeWriter, request.state.pbx_intake)
 
 
-def get_credential_cache(request: Request) -> CredentialCache:
+async def get_credential_cache(request: Request) -> CredentialCache:
     """The process's cache of enterprises' webhook secrets."""
     return cast(CredentialCache, request.state.pbx_credentials)
 
 
-def get_worker_runner(request: Request) -> WorkerRunner | None:
+async def get_worker_runner(request: Request) -> WorkerRunner | None:
     """The in-process worker, when the app runs all-in-one."""
     return cast(WorkerRunner | None, request.state.worker)
 

@@ -12,7 +12,7 @@ not applied again).
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +23,6 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from callbridge.domain.errors import InvalidEventError, StorageError
 from callbridge.pbx.webhook import EVENT_TYPES, EventBatch, WebhookVerifier
 from callbridge.services.call_tracking import Outcome
-from callbridge.storage.call_tracking import RoutingCache
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.repositories import EnterpriseRepository
 from callbridge.web.deps import (
@@ -163,15 +162,6 @@ async def _load_credential(
 
 
 cached_verified_enterprise = CachedVerifiedEnterprise()
-
-
-def get_routing_cache(request: Request) -> RoutingCache:
-    """The app's cache of enterprise routings, made on first use."""
-    cache = getattr(request.app.state, "pbx_routing_cache", None)
-    if cache is None:
-        cache = RoutingCache()
-        request.app.state.pbx_routing_cache = cache
-    return cast(RoutingCache, cache)
 
 
 class EventResult(BaseModel):

@@ -105,6 +105,9 @@ class IntakeWriter:
     box: SecretBox
     routing_cache: RoutingCache = field(default_factory=RoutingCache)
     max_events: int = DEFAULT_MAX_EVENTS
+    #: Transactions committed and requests answered from them (for tests and metrics).
+    commits: int = field(default=0, init=False)
+    committed_requests: int = field(default=0, init=False)
     _waiting: deque[_Request] = field(default_factory=deque, init=False, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
@@ -202,6 +205,8 @@ class IntakeWriter:
                 )
         except (OperationalError, InterfaceError, OSError) as err:
             raise StorageError("the database is unavailable; try again later") from err
+        self.commits += 1
+        self.committed_requests += len(group)
         return [next(applied) if ok else CredentialsChangedError() for ok in valid]
 
 

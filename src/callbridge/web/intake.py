@@ -132,21 +132,32 @@ class IntakeWriter:
                 await self._task
 
     async def _run(self) -> None:
-        while self._waiting:
-            group = self._next_group()
-            if not group:
-                continue
-            try:
-                await self._apply_group(group)
-            except Exception as err:  # noqa: BLE001 - each request gets its own answer below
-                if isinstance(err, StorageError):
-                    # The database failed the whole transaction (or its commit): no request of
-                    # it was answered, and retrying one by one would meet the same database.
-                    _fail(group, err)
-                    continue
-                for request in group:
-                    if not request.future.done():
-                        await self._apply_alone(request)
+        group: list[_Request] = []
+        try:
+            while self._waiting:
+                group = self._next_group()
+                if group:
+                    await self._apply_safely(group)
+        except asyncio.CancelledError:
+            # Cancelled mid-transaction (the process is stopping): the transaction is rolled
+            # back, so nobody waiting may be left hanging, nor told it was accepted.
+            err = StorageError("the server is stopping; try again later")
+            _fail([*group, *self._waiting], err)
+            self._waiting.clear()
+            raise
+
+    async def _apply_safely(self, group: list[_Request]) -> None:
+        try:
+            await self._apply_group(group)
+        except Exception as err:  # noqa: BLE001 - each request gets its own answer below
+            if isinstance(err, StorageError):
+                # The database failed the whole transaction (or its commit): no request of it
+                # was answered, and retrying one by one would meet the same database.
+                _fail(group, err)
+                return
+            for request in group:
+                if not request.future.done():
+                    await self._apply_alone(request)
 
     def _next_group(self) -> list[_Request]:
         group: list[_Request] = []

@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from callbridge.domain.errors import CallStateError
+from callbridge.domain.errors import CallStateError, StorageError
 from callbridge.domain.events import Answered, CallStarted, Direction, Event
 from callbridge.services.call_tracking import Outcome
 from callbridge.storage.crypto import SecretBox
@@ -167,6 +167,21 @@ class TestGroupCommit:
         async with env.factory() as session:
             ids = set((await session.scalars(select(PbxEvent.event_id))).all())
         assert ids == {"c0:1", "c1:1", "c2:1", "c4:1"}
+
+    async def test_a_writer_stopped_mid_transaction_accepts_nothing(self, env: Env) -> None:
+        async with writes_held(env.url, env.backend):
+            first = env.submit(started("c1"))
+            await asyncio.sleep(SETTLE_SECONDS)
+            queued = env.submit(started("c2"))
+            await asyncio.sleep(SETTLE_SECONDS)
+            assert env.writer._task is not None
+            env.writer._task.cancel()
+        for task in (first, queued):
+            with pytest.raises(StorageError):
+                await task
+        assert await env.count(PbxEvent) == 0
+        # The next request starts a writer again.
+        assert await env.submit(started("c3")) == [Outcome.ACCEPTED]
 
     async def test_a_changed_secret_refuses_the_request_and_stores_nothing(self, env: Env) -> None:
         async with env.factory() as session, session.begin():

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from callbridge.config import Settings
 from callbridge.domain.errors import StorageError
+from callbridge.storage.call_tracking import RoutingCache
 from callbridge.storage.crypto import SecretBox
 from callbridge.web.background import WorkerRunner
 from callbridge.web.intake import CredentialCache, IntakeWriter
@@ -50,13 +51,31 @@ async def get_session_factory(request: Request) -> async_sessionmaker[AsyncSessi
 
 
 async def get_intake_writer(request: Request) -> IntakeWriter:
-    """The process's group-commit writer of PBX webhook events."""
-    return cast(IntakeWriter, request.state.pbx_intake)
+    """The process's group-commit writer of PBX webhook events.
+
+    From the lifespan state; an app whose state was put together by hand (tests, embedders)
+    gets one made on first use, as :func:`callbridge.web.bitrix24_app.get_portals` does.
+    """
+    writer = getattr(request.state, "pbx_intake", None)
+    if writer is None:
+        writer = getattr(request.app.state, "pbx_intake", None)
+    if writer is None:
+        writer = IntakeWriter(
+            request.state.session_factory, request.state.secret_box, RoutingCache()
+        )
+        request.app.state.pbx_intake = writer
+    return cast(IntakeWriter, writer)
 
 
 async def get_credential_cache(request: Request) -> CredentialCache:
-    """The process's cache of enterprises' webhook secrets."""
-    return cast(CredentialCache, request.state.pbx_credentials)
+    """The process's cache of enterprises' webhook secrets (made on first use if need be)."""
+    cache = getattr(request.state, "pbx_credentials", None)
+    if cache is None:
+        cache = getattr(request.app.state, "pbx_credentials", None)
+    if cache is None:
+        cache = CredentialCache()
+        request.app.state.pbx_credentials = cache
+    return cast(CredentialCache, cache)
 
 
 async def get_worker_runner(request: Request) -> WorkerRunner | None:

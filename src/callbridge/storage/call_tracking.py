@@ -21,6 +21,7 @@ PBX's events bounce.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -68,6 +69,15 @@ _pbx_events = cast(Table, PbxEvent.__table__)
 _UNROUTED = CallPolicy(default_user_id=FALLBACK_USER_ID)
 
 
+@functools.cache
+def _add_many_statement(dialect: str) -> Any:
+    # Built once: constructing an INSERT … RETURNING costs more than running it.
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_pbx_events)
+    return insert.on_conflict_do_nothing(
+        index_elements=["enterprise_id", "source", "event_id"]
+    ).returning(_pbx_events.c.enterprise_id, _pbx_events.c.source, _pbx_events.c.event_id)
+
+
 class SqlEventInbox:
     """The ``pbx_events`` table as the service's :class:`~callbridge.domain.ports.EventInbox`."""
 
@@ -110,15 +120,8 @@ class SqlEventInbox:
             first.setdefault((enterprise_id, source, event.event_id), index)
         if not first:
             return []
-        dialect_insert = (
-            postgresql.insert if self._events.dialect == "postgresql" else sqlite.insert
-        )
         now = utcnow()
-        statement = (
-            dialect_insert(_pbx_events)
-            .on_conflict_do_nothing(index_elements=["enterprise_id", "source", "event_id"])
-            .returning(_pbx_events.c.enterprise_id, _pbx_events.c.source, _pbx_events.c.event_id)
-        )
+        statement = _add_many_statement(self._events.dialect)
         params = []
         for index in first.values():
             enterprise_id, source, event = entries[index]

@@ -9,6 +9,7 @@ so two transactions never both believe they hold a new call.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -47,6 +48,16 @@ _UPDATE_SUMMARY = (
     .where(_calls.c.id == bindparam("row_id"))
     .values({name: bindparam(name) for name in (*_SUMMARY_COLUMNS, "updated_at")})
 )
+
+
+@functools.cache
+def _lock_many_statement(dialect: str) -> Any:
+    # Built once: constructing an INSERT … RETURNING costs more than running it.
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_calls)
+    return insert.on_conflict_do_update(
+        index_elements=["enterprise_id", "linkedid"],
+        set_={"updated_at": insert.excluded.updated_at},
+    ).returning(_calls.c.id, _calls.c.enterprise_id, _calls.c.linkedid, _calls.c.model)
 
 
 class CallRepository(Repository[CallRow]):
@@ -111,15 +122,9 @@ class CallRepository(Repository[CallRow]):
         """
         if not keys:
             return {}
-        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         now = utcnow()
-        insert = dialect_insert(_calls)
-        statement = insert.on_conflict_do_update(
-            index_elements=["enterprise_id", "linkedid"],
-            set_={"updated_at": insert.excluded.updated_at},
-        ).returning(_calls.c.id, _calls.c.enterprise_id, _calls.c.linkedid, _calls.c.model)
         rows = await self.session.execute(
-            statement,
+            _lock_many_statement(self.dialect),
             [
                 {
                     "enterprise_id": enterprise_id,

@@ -1,24 +1,40 @@
 """Webhook intake: events/s and latency to the 202, next to a no-op endpoint of the same app.
 
-    python benchmarks/ingest.py [--events 4000] [--rate 500] [--seconds 6]
-                                [--postgres postgresql+asyncpg://postgres@host/db]
+    python benchmarks/ingest.py [--rounds 3] [--seconds 3] [--concurrency 16]
+                                [--rate 500] [--latency-seconds 6] [--connections 64]
+                                [--postgres postgresql://postgres@host/db] [--no-sqlite]
+                                [--profile DIR]
 
 The app runs in its own process under uvicorn on a loopback port (as ``callbridge serve`` runs
 it), with one extra route added to this benchmark's instance only: ``POST /bench/noop``, which
-reads the body and answers 202. The load generator (httpx, keep-alive connections) runs here.
+reads the body and answers 202. The load generator runs in a third process (so it competes with
+the server for the CPU no more than a PBX on another host would not at all): plain HTTP/1.1 on
+keep-alive sockets, a few microseconds of client work per request. Both endpoints get the same
+server, client, bodies, headers and concurrency, and their runs are interleaved round by round
+(no-op, webhook, webhook, no-op, ...) so that load from other processes hits both alike.
 
 Each request carries one event, as a dialplan sends them: calls of four events (started,
-ringing, answered, ended) from many calls at once, each answered call queueing three Bitrix24
-jobs (register, show, finish). Two measurements per endpoint and database:
+ringing, answered, ended) from many calls at once, each answered call queueing Bitrix24 jobs.
+Two measurements per endpoint and database:
 
-1. throughput: ``--concurrency`` clients send back to back until ``--events`` are accepted;
-2. latency at ``--rate`` events/s for ``--seconds`` (open loop: a request is timed from when it
-   was due, so a stalled server is not hidden by the client waiting for it).
+1. throughput: ``--concurrency`` connections send back to back for ``--seconds``, ``--rounds``
+   times; the median round is reported, and the ratio is the webhook's median over the no-op's;
+2. latency at ``--rate`` events/s for ``--latency-seconds`` (open loop: requests are due on a
+   fixed schedule whatever the server does, and timed from when they were due, so a stalled
+   server is not hidden by the client waiting for it). The achieved rate is printed next to it,
+   with the client's own lag (how late it sent the p99 request): a run whose achieved rate is
+   below the target, or whose client lag is not small, measured the client, not the server.
 
-The ratio is the webhook's throughput over the no-op's: the cost of durable intake (auth,
-inbox, call row lock, model, jobs, commit). PostgreSQL is used when ``--postgres`` or
+The machine is shared, so the rates move with other processes' load. ``cpu µs`` is the server
+process's own CPU time (user + system) per request over the throughput rounds, which that load
+hardly moves; ``cpu ratio`` (no-op's over the webhook's) is the rate ratio the app would reach on
+a core of its own. (On PostgreSQL the database server's CPU is not in it.)
+
+After the runs the benchmark counts the stored events: every event answered 202 must be in
+``pbx_events`` (accepted means committed). PostgreSQL is used when ``--postgres`` or
 ``CALLBRIDGE_TEST_POSTGRES_URL`` names a server; the benchmark creates its own database
-(``cbbench_*``) there and drops it afterwards.
+(``cbbench_*``) there and drops it afterwards. ``--profile DIR`` writes the server's cProfile
+stats there (one file per database) for ``python -m pstats``.
 """
 
 from __future__ import annotations
@@ -34,8 +50,10 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -60,6 +78,7 @@ NUMBER = "bench"
 WEBHOOK = f"/pbx/{NUMBER}/events"
 NOOP = "/bench/noop"
 EXTENSIONS = ("101", "102", "103", "104")
+PROFILE_ENV = "CALLBRIDGE_BENCH_PROFILE"
 
 
 # -- the server process ----------------------------------------------------------------------
@@ -82,15 +101,27 @@ def serve(database_url: str, var_dir: str, port: int) -> None:
         await request.body()
         return JSONResponse({"accepted": 1}, status_code=202)
 
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        log_config=None,
-        lifespan="on",
-    )
+    profile = os.environ.get(PROFILE_ENV)
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        # uvicorn re-raises the SIGTERM it caught once it has shut down: make that an exit
+        # that runs ``finally`` (the default action would kill us before the stats are saved).
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        profiler.enable()
+    try:
+        uvicorn.run(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            log_config=None,
+            lifespan="on",
+        )
+    finally:
+        if profiler is not None and profile:
+            profiler.disable()
+            profiler.dump_stats(profile)
 
 
 # -- set-up ----------------------------------------------------------------------------------
@@ -165,12 +196,16 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(database_url: str, var_dir: Path) -> Iterator[str]:
-    """The app in a child process; its base URL."""
+def server(
+    database_url: str, var_dir: Path, profile: Path | None = None
+) -> Iterator[tuple[str, int]]:
+    """The app in a child process; its base URL and process id."""
     port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    if profile is not None:
+        env[PROFILE_ENV] = str(profile)
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", database_url, str(var_dir), str(port)],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        [sys.executable, __file__, "--serve", database_url, str(var_dir), str(port)], env=env
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -184,37 +219,38 @@ def server(database_url: str, var_dir: Path) -> Iterator[str]:
             if time.monotonic() > deadline or child.poll() is not None:
                 raise RuntimeError("the app did not start")
             time.sleep(0.1)
-        yield base
+        yield base, child.pid
     finally:
         child.terminate()
         child.wait(timeout=30)
 
 
-# -- load ------------------------------------------------------------------------------------
+# -- load (the load generator's process) ---------------------------------------------------
 
 
 class Calls:
-    """Endless calls of four events each; ``next()`` gives the next event of some call."""
+    """Endless calls of four events each, as request bodies."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.count = 0
 
-    def call(self) -> list[dict[str, Any]]:
+    def call(self) -> list[bytes]:
         """The four events of a new inbound call answered on one extension."""
         self.count += 1
         linkedid = f"{self.prefix}.{self.count}"
         extension = EXTENSIONS[self.count % len(EXTENSIONS)]
         now = datetime.now(UTC).isoformat()
 
-        def event(kind: str, step: int, **fields: Any) -> dict[str, Any]:
-            return {
+        def event(kind: str, step: int, **fields: Any) -> bytes:
+            body = {
                 "type": kind,
                 "call_id": linkedid,
                 "event_id": f"{linkedid}:{step}",
                 "timestamp": now,
                 **fields,
             }
+            return json.dumps(body).encode()
 
         return [
             event("call.started", 1, direction="inbound", external_number="84951234567"),
@@ -224,69 +260,166 @@ class Calls:
         ]
 
 
-HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+# The first error answer, shown once (the rest are counted).
+ERRORS_SEEN: list[str] = []
 
 
-async def _post(client: httpx.AsyncClient, path: str, event: dict[str, Any]) -> None:
-    response = await client.post(path, content=json.dumps(event).encode(), headers=HEADERS)
-    if response.status_code != 202:
-        raise RuntimeError(f"{path}: {response.status_code} {response.text[:200]}")
+class Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON bodies and reads the status."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        """Connect to the server on the loopback."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def post(self, path: str, body: bytes) -> int:
+        """Send one request and read its whole response; its status code."""
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        header = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(header[9:12])
+        length = 0
+        for line in header.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        content = await self.reader.readexactly(length) if length else b""
+        if status != 202 and not ERRORS_SEEN:
+            ERRORS_SEEN.append(f"{path}: {status} {content[:200]!r}")
+            print(ERRORS_SEEN[0], file=sys.stderr)
+        return status
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.writer.close()
 
 
-async def throughput(base: str, path: str, events: int, concurrency: int) -> float:
-    """Events/s with ``concurrency`` clients sending each call's events in turn."""
+async def throughput(port: int, path: str, seconds: float, concurrency: int) -> dict[str, Any]:
+    """Events/s with ``concurrency`` connections, each sending its calls' events in turn."""
     calls = Calls(f"tp{uuid.uuid4().hex[:6]}")
-    remaining = events
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+    connections = [await Connection.open(port) for _ in range(concurrency)]
+    accepted = errors = 0
 
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                for event in calls.call():
-                    remaining -= 1
-                    await _post(client, path, event)
+    async def worker(connection: Connection, deadline: float) -> None:
+        nonlocal accepted, errors
+        while time.perf_counter() < deadline:
+            for body in calls.call():
+                if await connection.post(path, body) == 202:
+                    accepted += 1
+                else:
+                    errors += 1
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return (events - remaining) / elapsed
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(c, started + seconds) for c in connections))
+    elapsed = time.perf_counter() - started
+    for connection in connections:
+        connection.close()
+    return {"events_per_second": accepted / elapsed, "accepted": accepted, "errors": errors}
 
 
-async def latency(base: str, path: str, rate: float, seconds: float) -> list[float]:
-    """Latencies (ms) at a fixed arrival rate, timed from when each request was due."""
+async def latency(
+    port: int, path: str, rate: float, seconds: float, connections: int
+) -> dict[str, Any]:
+    """Latencies at a fixed arrival rate (open loop), timed from when each request was due."""
     calls = Calls(f"lt{uuid.uuid4().hex[:6]}")
-    # Interleave calls the way a busy PBX does: a few dozen in progress at once.
+    # Interleave calls the way a busy PBX does: a few dozen in progress at once, so one call's
+    # events are ~60 ms apart at 500 events/s.
     in_flight = [calls.call() for _ in range(32)]
     total = int(rate * seconds)
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(connections):
+        idle.put_nowait(await Connection.open(port))
     latencies: list[float] = []
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+    lags: list[float] = []
+    done_at: list[float] = []
+    errors = 0
 
-        async def one(due: float, event: dict[str, Any]) -> None:
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await _post(client, path, event)
-            latencies.append((time.perf_counter() - due) * 1000)
+    async def one(due: float, body: bytes) -> None:
+        nonlocal errors
+        # Waiting for a free connection counts: it is the server being slow.
+        connection = await idle.get()
+        try:
+            status = await connection.post(path, body)
+        finally:
+            idle.put_nowait(connection)
+        now = time.perf_counter()
+        if status != 202:
+            errors += 1
+            return
+        latencies.append((now - due) * 1000)
+        done_at.append(now)
 
-        # Open connections before the clock starts.
-        await asyncio.gather(*(client.get("/healthz") for _ in range(32)))
-        start = time.perf_counter() + 0.05
-        tasks = []
-        for index in range(total):
-            slot = index % len(in_flight)
-            event = in_flight[slot].pop(0)
-            if not in_flight[slot]:
-                in_flight[slot] = calls.call()
-            tasks.append(asyncio.create_task(one(start + index / rate, event)))
-        await asyncio.gather(*tasks)
-    return latencies
+    tasks = []
+    start = time.perf_counter() + 0.05
+    for index in range(total):
+        slot = index % len(in_flight)
+        body = in_flight[slot].pop(0)
+        if not in_flight[slot]:
+            in_flight[slot] = calls.call()
+        due = start + index / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lags.append((time.perf_counter() - due) * 1000)
+        tasks.append(asyncio.create_task(one(due, body)))
+    await asyncio.gather(*tasks)
+    while not idle.empty():
+        idle.get_nowait().close()
+    return {
+        "latencies": latencies or [float("nan")],
+        "client_lag_p99": _percentile(lags, 0.99),
+        "achieved_rate": len(latencies) / (max(done_at, default=start + 1) - start),
+        "accepted": len(latencies),
+        "errors": errors,
+    }
 
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def generate(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one measurement the orchestrator asked for (the load generator's process)."""
+    if spec["kind"] == "throughput":
+        return await throughput(spec["port"], spec["path"], spec["seconds"], spec["concurrency"])
+    return await latency(
+        spec["port"], spec["path"], spec["rate"], spec["seconds"], spec["connections"]
+    )
+
+
+def load_main(spec_json: str) -> None:
+    """The load generator's entry point: one spec in, one JSON result out."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    print(json.dumps(runner(generate(json.loads(spec_json)))))
+
+
+# -- the orchestrator -------------------------------------------------------------------------
+
+
+def load(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement in a fresh load-generator process."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--load", json.dumps(spec)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(result.stdout))
 
 
 @dataclass
@@ -295,51 +428,191 @@ class Row:
 
     backend: str
     endpoint: str
-    events_per_second: float
+    rounds: list[float]
     p50: float
     p99: float
+    achieved_rate: float
+    client_lag_p99: float
+    errors: int
+    cpu_us: float
+
+    @property
+    def events_per_second(self) -> float:
+        """The median round."""
+        return sorted(self.rounds)[len(self.rounds) // 2]
 
     def line(self) -> str:
         """The row, formatted."""
+        spread = "/".join(f"{value:.0f}" for value in self.rounds)
         return (
-            f"{self.backend:<10} {self.endpoint:<8} {self.events_per_second:>10.0f} "
-            f"{self.p50:>9.1f} {self.p99:>9.1f}"
+            f"{self.backend:<9} {self.endpoint:<8} {self.events_per_second:>9.0f} "
+            f"{self.p50:>7.1f} {self.p99:>7.1f} {self.achieved_rate:>9.0f} "
+            f"{self.client_lag_p99:>8.1f} {self.errors:>6} {self.cpu_us:>7.0f}   {spread}"
         )
 
 
-async def measure(backend: str, base: str, options: argparse.Namespace) -> list[Row]:
-    """Throughput and latency of the no-op and the webhook, on one server."""
-    rows = []
-    for name, path in (("no-op", NOOP), ("webhook", WEBHOOK)):
-        await throughput(base, path, 200, options.concurrency)  # warm-up
-        rate = await throughput(base, path, options.events, options.concurrency)
-        values = await latency(base, path, options.rate, options.seconds)
-        rows.append(Row(backend, name, rate, _percentile(values, 0.5), _percentile(values, 0.99)))
-    return rows
+async def count_events(url: str) -> int:
+    """How many PBX events the database holds."""
+    engine = create_unpooled_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return int(
+                (await connection.execute(text("SELECT count(*) FROM pbx_events"))).scalar_one()
+            )
+    finally:
+        await engine.dispose()
 
 
-async def run(options: argparse.Namespace) -> None:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    backend: str, port: int, pid: int, options: argparse.Namespace
+) -> tuple[list[Row], int]:
+    """Both endpoints on one server, interleaved; the rows and the webhook's 202 count."""
+    endpoints = {"no-op": NOOP, "webhook": WEBHOOK}
+    rounds: dict[str, list[float]] = {name: [] for name in endpoints}
+    errors = dict.fromkeys(endpoints, 0)
+    cpu = dict.fromkeys(endpoints, 0.0)
+    handled = dict.fromkeys(endpoints, 0)
+    latencies: dict[str, dict[str, Any]] = {}
+    accepted = 0
+    for name, path in endpoints.items():  # warm-up
+        warm = load(
+            {
+                "kind": "throughput",
+                "port": port,
+                "path": path,
+                "seconds": 1.0,
+                "concurrency": options.concurrency,
+            }
+        )
+        accepted += warm["accepted"] if name == "webhook" else 0
+    for index in range(options.rounds):
+        order = list(endpoints) if index % 2 == 0 else list(reversed(endpoints))
+        for name in order:
+            before = _cpu_seconds(pid)
+            result = load(
+                {
+                    "kind": "throughput",
+                    "port": port,
+                    "path": endpoints[name],
+                    "seconds": options.seconds,
+                    "concurrency": options.concurrency,
+                }
+            )
+            cpu[name] += _cpu_seconds(pid) - before
+            handled[name] += result["accepted"] + result["errors"]
+            rounds[name].append(result["events_per_second"])
+            errors[name] += result["errors"]
+            accepted += result["accepted"] if name == "webhook" else 0
+    for name in ("webhook", "no-op"):
+        result = load(
+            {
+                "kind": "latency",
+                "port": port,
+                "path": endpoints[name],
+                "rate": options.rate,
+                "seconds": options.latency_seconds,
+                "connections": options.connections,
+            }
+        )
+        latencies[name] = result
+        errors[name] += result["errors"]
+        accepted += result["accepted"] if name == "webhook" else 0
+    rows = [
+        Row(
+            backend,
+            name,
+            rounds[name],
+            _percentile(latencies[name]["latencies"], 0.5),
+            _percentile(latencies[name]["latencies"], 0.99),
+            latencies[name]["achieved_rate"],
+            latencies[name]["client_lag_p99"],
+            errors[name],
+            cpu[name] / max(1, handled[name]) * 1e6,
+        )
+        for name in endpoints
+    ]
+    return rows, accepted
+
+
+async def _prepare(
+    backend: str, admin: str | None, tmp: Path, stack: contextlib.AsyncExitStack
+) -> str:
+    return await stack.enter_async_context(database(backend, admin, tmp))
+
+
+def run(options: argparse.Namespace) -> None:
     """Every backend, one after the other."""
     admin = options.postgres or os.environ.get("CALLBRIDGE_TEST_POSTGRES_URL")
-    backends = ["sqlite"] + (["postgres"] if admin else [])
+    if admin:
+        admin = _asyncpg_url(admin)
+    backends = ([] if options.no_sqlite else ["sqlite"]) + (["postgres"] if admin else [])
     print(
-        f"one event per request; throughput with {options.concurrency} clients "
-        f"({options.events} events); latency at {options.rate:.0f} events/s for "
-        f"{options.seconds:.0f} s, timed from when each request was due"
+        f"one event per request; throughput: {options.concurrency} connections back to back, "
+        f"{options.rounds} interleaved rounds of {options.seconds:.0f} s (median; all rounds "
+        f"at the end of the row); latency: open loop at {options.rate:.0f} events/s for "
+        f"{options.latency_seconds:.0f} s on up to {options.connections} connections, timed "
+        "from when each request was due; load generator in its own process"
     )
-    print(f"{'database':<10} {'endpoint':<8} {'events/s':>10} {'p50 ms':>9} {'p99 ms':>9}")
+    print(
+        f"{'database':<9} {'endpoint':<8} {'events/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'achieved':>9} {'lag p99':>8} {'errors':>6} {'cpu µs':>7}   rounds"
+    )
     for backend in backends:
         with tempfile.TemporaryDirectory(prefix="cbbench-") as tmp_dir:
             tmp = Path(tmp_dir)
-            async with database(backend, admin, tmp) as url:
-                with server(url, tmp / "var") as base:
-                    noop, webhook = await measure(backend, base, options)
+            loop = asyncio.new_event_loop()
+            try:
+                stack = contextlib.AsyncExitStack()
+                url = loop.run_until_complete(_prepare(backend, admin, tmp, stack))
+                try:
+                    profile = (
+                        Path(options.profile).resolve() / f"ingest-{backend}.prof"
+                        if options.profile
+                        else None
+                    )
+                    with server(url, tmp / "var", profile) as (base, pid):
+                        port = int(base.rsplit(":", 1)[1])
+                        rows, accepted = measure(backend, port, pid, options)
+                    stored = loop.run_until_complete(count_events(url))
+                finally:
+                    loop.run_until_complete(stack.aclose())
+            finally:
+                loop.close()
+        noop, webhook = rows
         print(noop.line())
         print(webhook.line())
         ratio = webhook.events_per_second / noop.events_per_second
-        print(f"{backend:<10} ratio: {ratio:.2f} (webhook events/s over no-op events/s)")
+        per_round = " ".join(
+            f"{w / n:.2f}" for w, n in zip(webhook.rounds, noop.rounds, strict=True)
+        )
+        print(
+            f"{backend:<9} ratio: {ratio:.2f} (webhook events/s over no-op events/s; "
+            f"per round {per_round})"
+        )
+        print(
+            f"{backend:<9} cpu ratio: {noop.cpu_us / webhook.cpu_us:.2f} (no-op's server CPU "
+            "per request over the webhook's: the rate ratio on a core of its own)"
+        )
+        verdict = "ok" if stored == accepted else "LOST EVENTS"
+        print(f"{backend:<9} durable: {stored} events stored, {accepted} answered 202 ({verdict})")
+        if stored != accepted:
+            raise SystemExit(1)
     if not admin:
         print("PostgreSQL skipped: pass --postgres URL or set CALLBRIDGE_TEST_POSTGRES_URL")
+
+
+def _asyncpg_url(url: str) -> str:
+    # callbridge talks to PostgreSQL through asyncpg; accept the plain URL a DBA would give.
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    return parsed.render_as_string(hide_password=False)
 
 
 def main() -> None:
@@ -347,13 +620,24 @@ def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--serve":
         serve(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
+    if len(sys.argv) == 3 and sys.argv[1] == "--load":
+        load_main(sys.argv[2])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=4000, help="events in the throughput run")
-    parser.add_argument("--concurrency", type=int, default=16, help="clients in that run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each round")
+    parser.add_argument("--concurrency", type=int, default=16, help="connections in a round")
     parser.add_argument("--rate", type=float, default=500.0, help="events/s of the latency run")
-    parser.add_argument("--seconds", type=float, default=6.0, help="length of the latency run")
+    parser.add_argument(
+        "--latency-seconds", type=float, default=6.0, help="length of the latency run"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=64, help="connections of the latency run"
+    )
     parser.add_argument("--postgres", help="PostgreSQL server URL (a database is created)")
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    parser.add_argument("--profile", help="write the server's cProfile stats to this folder")
+    run(parser.parse_args())
 
 
 if __name__ == "__main__":

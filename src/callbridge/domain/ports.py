@@ -7,15 +7,42 @@ tests use in-memory twins.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from callbridge.domain.call import Call, CallPolicy
 from callbridge.domain.events import Event
 
-__all__ = ["CallRepository", "CallRouting", "Clock", "EventInbox", "JobQueue", "RoutingSource"]
+__all__ = [
+    "CallKey",
+    "CallRepository",
+    "CallRouting",
+    "Clock",
+    "EventInbox",
+    "InboxEntry",
+    "JobQueue",
+    "NewJob",
+    "RoutingSource",
+]
+
+#: A call's identity: (enterprise id, the PBX's linkedid).
+CallKey = tuple[int, str]
+#: An event to file: (enterprise id, source, event).
+InboxEntry = tuple[int, str, Event]
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to enqueue (see :meth:`JobQueue.enqueue` for the fields)."""
+
+    kind: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    ordering_key: str | None = None
+    depends_on: int | None = None
+    integration_id: int | None = None
+    call_id: int | None = None
 
 
 class CallRepository(Protocol):
@@ -27,6 +54,18 @@ class CallRepository(Protocol):
 
     async def save(self, enterprise_id: int, call: Call) -> int:
         """Insert or update the call; its row id (what jobs refer to)."""
+        ...
+
+    async def get_many(self, keys: Sequence[CallKey]) -> Mapping[CallKey, tuple[int, Call | None]]:
+        """Each call's row id and stored call (None if new), all locked until commit.
+
+        A new call gets an empty row at once (its id is what jobs refer to); ``keys`` come
+        sorted, the order in which rows are locked.
+        """
+        ...
+
+    async def save_many(self, calls: Sequence[tuple[int, Call]]) -> None:
+        """Write calls (row id, call) whose rows :meth:`get_many` locked."""
         ...
 
 
@@ -46,6 +85,10 @@ class JobQueue(Protocol):
         """Queue a job (``domain.verb`` kind, JSON-safe payload); its id."""
         ...
 
+    async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[int]:
+        """Queue jobs in the given order (ids ascend with it); their ids, in order."""
+        ...
+
 
 class Clock(Protocol):
     """Where services read the time (the call model never does)."""
@@ -63,6 +106,13 @@ class EventInbox(Protocol):
 
         The caller applies the event before it commits, so the row is never visible without
         its effects: it is stored handled, with no second write to mark it.
+        """
+        ...
+
+    async def add_many(self, entries: Sequence[InboxEntry]) -> list[bool]:
+        """Store events like :meth:`add`; for each, in order, whether it was new.
+
+        An event id repeated within ``entries`` is new at its first place only.
         """
         ...
 

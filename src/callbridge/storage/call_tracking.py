@@ -21,19 +21,21 @@ PBX's events bounce.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from callbridge.domain.call import Call, CallPolicy, LeadCreation
 from callbridge.domain.events import Event, event_to_dict
 from callbridge.domain.phone import DEFAULT_RULES, normalize
-from callbridge.domain.ports import CallRouting
+from callbridge.domain.ports import CallKey, CallRouting, InboxEntry, NewJob
 from callbridge.services.call_tracking import CallTrackingPorts
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.job_queue import JobQueue
@@ -62,8 +64,18 @@ FALLBACK_USER_ID = 1
 # Integrations whose jobs are worth queueing: a token waiting for re-authorisation pauses its
 # jobs (kept); an uninstalled app or a deleted portal will never take them.
 _LIVE_STATUSES = (IntegrationStatus.ACTIVE.value, IntegrationStatus.NEEDS_REAUTH.value)
+_pbx_events = cast(Table, PbxEvent.__table__)
 # Settings that stand for a policy with nobody to show a card to: the call is only tracked.
 _UNROUTED = CallPolicy(default_user_id=FALLBACK_USER_ID)
+
+
+@functools.cache
+def _add_many_statement(dialect: str) -> Any:
+    # Built once: constructing an INSERT … RETURNING costs more than running it.
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_pbx_events)
+    return insert.on_conflict_do_nothing(
+        index_elements=["enterprise_id", "source", "event_id"]
+    ).returning(_pbx_events.c.enterprise_id, _pbx_events.c.source, _pbx_events.c.event_id)
 
 
 class SqlEventInbox:
@@ -101,6 +113,36 @@ class SqlEventInbox:
         result = await self._events.session.execute(statement)
         return result.scalar_one_or_none()
 
+    async def add_many(self, entries: Sequence[InboxEntry]) -> list[bool]:
+        """Store events like :meth:`add`, in one statement; for each, whether it was new."""
+        first: dict[tuple[int, str, str], int] = {}
+        for index, (enterprise_id, source, event) in enumerate(entries):
+            first.setdefault((enterprise_id, source, event.event_id), index)
+        if not first:
+            return []
+        now = utcnow()
+        statement = _add_many_statement(self._events.dialect)
+        params = []
+        for index in first.values():
+            enterprise_id, source, event = entries[index]
+            params.append(
+                {
+                    "enterprise_id": enterprise_id,
+                    "source": source,
+                    "event_id": event.event_id,
+                    "linkedid": event.call_id,
+                    "kind": event.name,
+                    "payload": event_to_dict(event),
+                    "occurred_at": event.timestamp,
+                    "received_at": now,
+                    "handled_at": now,
+                }
+            )
+        result = await self._events.session.execute(statement, params)
+        stored = {(row.enterprise_id, row.source, row.event_id) for row in result}
+        new_at = {index for key, index in first.items() if key in stored}
+        return [index in new_at for index in range(len(entries))]
+
 
 @dataclass
 class SqlJobOutbox:
@@ -131,6 +173,10 @@ class SqlJobOutbox:
         )
         return job.id
 
+    async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[int]:
+        """Queue jobs in one statement, in order; their ids."""
+        return await self.queue.enqueue_many(self.session, jobs)
+
 
 class SqlCallStore:
     """The ``calls`` table as the service's :class:`~callbridge.domain.ports.CallRepository`."""
@@ -145,6 +191,14 @@ class SqlCallStore:
     async def save(self, enterprise_id: int, call: Call) -> int:
         """Write the call; its row id."""
         return await self.repository.save(enterprise_id, call)
+
+    async def get_many(self, keys: Sequence[CallKey]) -> dict[CallKey, tuple[int, Call | None]]:
+        """Each call's row id and stored call, locked (in ``keys`` order) until commit."""
+        return await self.repository.lock_many(keys)
+
+    async def save_many(self, calls: Sequence[tuple[int, Call]]) -> None:
+        """Write calls (row id, call) in one statement."""
+        await self.repository.save_many(calls)
 
 
 @dataclass

@@ -19,12 +19,14 @@ from callbridge import __version__
 from callbridge.config import Settings
 from callbridge.logging import get_logger
 from callbridge.portals import Portals, running_portals
+from callbridge.storage.call_tracking import RoutingCache
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.probe import safe_url
 from callbridge.web import bitrix24_app, health, metrics, pbx, routing
 from callbridge.web.background import WorkerFactory, WorkerRunner
 from callbridge.web.errors import install_error_handlers
+from callbridge.web.intake import CredentialCache, IntakeWriter
 
 logger = get_logger(__name__)
 
@@ -49,6 +51,8 @@ class State(TypedDict):
     secret_box: SecretBox
     bitrix24_portals: Portals
     worker: WorkerRunner | None
+    pbx_intake: IntakeWriter
+    pbx_credentials: CredentialCache
 
 
 def create_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -81,6 +85,9 @@ def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = Non
                 running_portals(settings, session_factory, http_client, secret_box)
             )
 
+            intake = IntakeWriter(session_factory, secret_box, RoutingCache())
+            stack.push_async_callback(intake.close)
+
             runner: WorkerRunner | None = None
             if worker_factory is not None:
                 runner = WorkerRunner(
@@ -104,6 +111,8 @@ def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = Non
                 secret_box=secret_box,
                 bitrix24_portals=portals,
                 worker=runner,
+                pbx_intake=intake,
+                pbx_credentials=CredentialCache(),
             )
             logger.info("callbridge web app stopping")
 

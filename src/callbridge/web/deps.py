@@ -2,6 +2,9 @@
 
 Each reads a resource the lifespan built (see :class:`callbridge.web.app.State`); nothing here
 connects or opens anything at import time. Tests override one dependency at a time.
+
+The getters are ``async def`` although they never await: FastAPI runs a plain ``def``
+dependency in its thread pool, a thread hop (and a wait for the GIL) on every request.
 """
 
 from __future__ import annotations
@@ -16,38 +19,68 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from callbridge.config import Settings
 from callbridge.domain.errors import StorageError
+from callbridge.storage.call_tracking import RoutingCache
 from callbridge.storage.crypto import SecretBox
 from callbridge.web.background import WorkerRunner
+from callbridge.web.intake import CredentialCache, IntakeWriter
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The application's settings."""
     return cast(Settings, request.state.settings)
 
 
-def get_engine(request: Request) -> AsyncEngine:
+async def get_engine(request: Request) -> AsyncEngine:
     """The database engine."""
     return cast(AsyncEngine, request.state.engine)
 
 
-def get_http_client(request: Request) -> httpx.AsyncClient:
+async def get_http_client(request: Request) -> httpx.AsyncClient:
     """The shared outbound HTTP client (one connection pool for the process)."""
     return cast(httpx.AsyncClient, request.state.http_client)
 
 
-def get_secret_box(request: Request) -> SecretBox:
+async def get_secret_box(request: Request) -> SecretBox:
     """Encrypts and decrypts secrets at rest."""
     return cast(SecretBox, request.state.secret_box)
 
 
-def get_worker_runner(request: Request) -> WorkerRunner | None:
+async def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+    """The session factory, for routes that run their own short transactions."""
+    return cast(async_sessionmaker[AsyncSession], request.state.session_factory)
+
+
+async def get_intake_writer(request: Request) -> IntakeWriter:
+    """The process's group-commit writer of PBX webhook events.
+
+    From the lifespan state; an app whose state was put together by hand (tests, embedders)
+    gets one made on first use, as :func:`callbridge.web.bitrix24_app.get_portals` does.
+    """
+    writer = getattr(request.state, "pbx_intake", None)
+    if writer is None:
+        writer = getattr(request.app.state, "pbx_intake", None)
+    if writer is None:
+        writer = IntakeWriter(
+            request.state.session_factory, request.state.secret_box, RoutingCache()
+        )
+        request.app.state.pbx_intake = writer
+    return cast(IntakeWriter, writer)
+
+
+async def get_credential_cache(request: Request) -> CredentialCache:
+    """The process's cache of enterprises' webhook secrets (made on first use if need be)."""
+    cache = getattr(request.state, "pbx_credentials", None)
+    if cache is None:
+        cache = getattr(request.app.state, "pbx_credentials", None)
+    if cache is None:
+        cache = CredentialCache()
+        request.app.state.pbx_credentials = cache
+    return cast(CredentialCache, cache)
+
+
+async def get_worker_runner(request: Request) -> WorkerRunner | None:
     """The in-process worker, when the app runs all-in-one."""
     return cast(WorkerRunner | None, request.state.worker)
-
-
-def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
-    """The session factory, for routes that must close their session before answering."""
-    return cast(async_sessionmaker[AsyncSession], request.state.session_factory)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -76,4 +109,6 @@ HttpClientDep = Annotated[httpx.AsyncClient, Depends(get_http_client)]
 SecretBoxDep = Annotated[SecretBox, Depends(get_secret_box)]
 WorkerRunnerDep = Annotated[WorkerRunner | None, Depends(get_worker_runner)]
 SessionFactoryDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
+IntakeWriterDep = Annotated[IntakeWriter, Depends(get_intake_writer)]
+CredentialCacheDep = Annotated[CredentialCache, Depends(get_credential_cache)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -2,30 +2,40 @@
 
 Verify → store → apply → enqueue → commit → 202. The enterprise is verified first (bearer token
 or HMAC signature; an unknown enterprise and a bad credential get the same 401), then the body
-(422 naming each bad field), then the whole batch is applied in the request's one transaction,
-so a request is accepted whole or not at all, and 202 means committed. Each event is reported
-``accepted`` or ``duplicate`` (a repeat of a stored event id: acknowledged, not applied again).
+(422 naming each bad field), then the whole batch is applied in one transaction, so a request
+is accepted whole or not at all, and 202 means committed. That transaction is shared with the
+other requests waiting at the same moment (group commit, :mod:`callbridge.web.intake`). Each
+event is reported ``accepted`` or ``duplicate`` (a repeat of a stored event id: acknowledged,
+not applied again).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from callbridge.domain.errors import InvalidEventError
+from callbridge.domain.errors import InvalidEventError, StorageError
 from callbridge.pbx.webhook import EVENT_TYPES, EventBatch, WebhookVerifier
-from callbridge.services.call_tracking import Outcome, track_events
-from callbridge.storage.call_tracking import RoutingCache, call_tracking_ports
+from callbridge.services.call_tracking import Outcome
+from callbridge.storage.crypto import SecretBox
 from callbridge.storage.repositories import EnterpriseRepository
-from callbridge.web.deps import SecretBoxDep, SessionDep
+from callbridge.web.deps import (
+    CredentialCacheDep,
+    IntakeWriterDep,
+    SecretBoxDep,
+    SessionDep,
+    SessionFactoryDep,
+)
 from callbridge.web.errors import ErrorResponse
+from callbridge.web.intake import Credential, CredentialsChangedError
 
-__all__ = ["IngestResponse", "VerifiedEnterprise", "router"]
+__all__ = ["CachedVerifiedEnterprise", "IngestResponse", "VerifiedEnterprise", "router"]
 
 _EVENT_TAGS = frozenset(EVENT_TYPES)
 _UNAUTHORIZED = "unknown enterprise or invalid credentials"
@@ -88,24 +98,70 @@ class VerifiedEnterprise:
         if row is not None and row.active and row.webhook_secret_enc:
             secret = box.decrypt(row.webhook_secret_enc)
         if row is None or not self.verifier(secret, request.headers, body):
-            raise HTTPException(
-                status_code=401,
-                detail=_UNAUTHORIZED,
-                headers={"WWW-Authenticate": 'Bearer realm="callbridge-pbx"'},
-            )
+            raise _unauthorized()
         return row.id
 
 
 verified_enterprise = VerifiedEnterprise()
 
 
-def get_routing_cache(request: Request) -> RoutingCache:
-    """The app's cache of enterprise routings, made on first use."""
-    cache = getattr(request.app.state, "pbx_routing_cache", None)
-    if cache is None:
-        cache = RoutingCache()
-        request.app.state.pbx_routing_cache = cache
-    return cast(RoutingCache, cache)
+def _unauthorized() -> HTTPException:
+    return HTTPException(
+        status_code=401,
+        detail=_UNAUTHORIZED,
+        headers={"WWW-Authenticate": 'Bearer realm="callbridge-pbx"'},
+    )
+
+
+class CachedVerifiedEnterprise:
+    """Dependency: like :class:`VerifiedEnterprise`, with the secret from the process's cache.
+
+    No transaction and no decryption per request. A miss, or a cached secret the request does
+    not match, is looked up in the database before the answer; a stale secret that still
+    matches is caught by the intake writer, which re-checks it in its transaction.
+    """
+
+    def __init__(self, verifier: WebhookVerifier | None = None) -> None:
+        self.verifier = verifier or WebhookVerifier()
+
+    async def __call__(
+        self,
+        request: Request,
+        enterprise: Annotated[str, Path(description="The enterprise number.", max_length=64)],
+        factory: SessionFactoryDep,
+        box: SecretBoxDep,
+        cache: CredentialCacheDep,
+    ) -> Credential:
+        """The enterprise's credential; 401 for an unknown enterprise and a bad one alike."""
+        body = await request.body()
+        cached = cache.get(enterprise)
+        if cached is not None and self.verifier(cached.secret, request.headers, body):
+            return cached
+        credential = await _load_credential(factory, box, enterprise)
+        if credential is None:
+            cache.forget(enterprise)
+        else:
+            cache.put(enterprise, credential)
+        secret = credential.secret if credential is not None else None
+        if credential is None or not self.verifier(secret, request.headers, body):
+            raise _unauthorized()
+        return credential
+
+
+async def _load_credential(
+    factory: Callable[[], Any], box: SecretBox, number: str
+) -> Credential | None:
+    try:
+        async with factory() as session:
+            row = await EnterpriseRepository(session).by_number(number)
+    except (OperationalError, InterfaceError, OSError) as err:
+        raise StorageError("the database is unavailable; try again later") from err
+    if row is None or not row.active or not row.webhook_secret_enc:
+        return None
+    return Credential(row.id, row.webhook_secret_enc, box.decrypt(row.webhook_secret_enc))
+
+
+cached_verified_enterprise = CachedVerifiedEnterprise()
 
 
 class EventResult(BaseModel):
@@ -134,11 +190,11 @@ class IngestResponse(BaseModel):
     },
 )
 async def receive_events(
-    enterprise_id: Annotated[int, Depends(verified_enterprise)],
+    credential: Annotated[Credential, Depends(cached_verified_enterprise)],
+    enterprise: Annotated[str, Path(max_length=64)],
     events: Annotated[EventBatch, Body(description="One event, or a list of up to 500.")],
-    session: SessionDep,
-    box: SecretBoxDep,
-    routing_cache: Annotated[RoutingCache, Depends(get_routing_cache)],
+    intake: IntakeWriterDep,
+    credentials: CredentialCacheDep,
 ) -> IngestResponse:
     """Store and apply one event or a list of events: all of them, or none (see docs)."""
     try:
@@ -148,8 +204,11 @@ async def receive_events(
         raise RequestValidationError(
             [{"loc": ("body",), "msg": err.message, "type": "value_error"}]
         ) from err
-    ports = call_tracking_ports(session, box, routing_cache=routing_cache)
-    outcomes = await track_events(ports, enterprise_id, facts)
+    try:
+        outcomes = await intake.submit(credential.enterprise_id, credential.secret_enc, facts)
+    except CredentialsChangedError:
+        credentials.forget(enterprise)
+        raise _unauthorized() from None
     return _response([event.event_id for event in events], outcomes)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,8 @@ from callbridge.storage.models import (
 from callbridge.storage.models import Call as CallRow
 from callbridge.web.app import create_app
 from tests.callbridge.web.test_app import make_settings, serve
+from tests.callbridge.web.test_intake import writes_held
+from tests.conftest import Database
 
 TOKEN = "pbx-token-0123456789abcdef"
 NUMBER = "100"
@@ -40,6 +43,8 @@ class Env:
     client: httpx.AsyncClient
     factory: async_sessionmaker[AsyncSession]
     engine: AsyncEngine
+    url: str
+    backend: str
 
     async def count(self, model: type[Any]) -> int:
         async with self.factory() as session:
@@ -53,7 +58,7 @@ class Env:
 
 
 @pytest.fixture
-async def env(fresh_database_url: str, tmp_path: Path) -> AsyncIterator[Env]:
+async def env(database: Database, fresh_database_url: str, tmp_path: Path) -> AsyncIterator[Env]:
     settings = make_settings(tmp_path, fresh_database_url)
     box = SecretBox(settings.fernet_keys())
     engine = create_engine(fresh_database_url)
@@ -76,7 +81,7 @@ async def env(fresh_database_url: str, tmp_path: Path) -> AsyncIterator[Env]:
         session.add(Bitrix24User(integration_id=integration.id, user_id=12, extension="102"))
     try:
         async with serve(create_app(settings)) as client:
-            yield Env(client, factory, engine)
+            yield Env(client, factory, engine, fresh_database_url, database.backend)
     finally:
         await engine.dispose()
 
@@ -171,6 +176,63 @@ class TestAccepting:
         assert response.status_code == 202, response.text
         finish = (await env.jobs())[-1].payload["command"]
         assert (finish["kind"], finish["status_code"]) == ("finish", "304")
+
+
+class TestGroupCommit:
+    async def test_concurrent_requests_are_answered_only_once_committed(self, env: Env) -> None:
+        # The first request caches the enterprise's credential (a read of its own).
+        assert (await env.client.post(URL, json=STARTED, headers=bearer())).status_code == 202
+        bodies = [
+            [event("call.started", f"x{n}", direction="inbound", external_number="84951234567")]
+            for n in range(8)
+        ]
+        for body in bodies:
+            for item in body:
+                item["call_id"] = f"call-{item['event_id']}"
+        async with writes_held(env.url, env.backend) as stored:
+            posts = [
+                asyncio.create_task(env.client.post(URL, json=body, headers=bearer()))
+                for body in bodies
+            ]
+            await asyncio.sleep(0.5)
+            assert not any(post.done() for post in posts)
+            assert await stored() == 1
+        responses = await asyncio.gather(*posts)
+        assert [response.status_code for response in responses] == [202] * len(bodies)
+        assert await env.count(PbxEvent) == 1 + len(bodies)
+        assert await env.count(CallRow) == 1 + len(bodies)
+
+    async def test_a_request_whose_call_cannot_be_read_fails_alone(self, env: Env) -> None:
+        async with env.factory() as session, session.begin():
+            enterprise = (
+                await session.scalars(select(Enterprise).where(Enterprise.number == NUMBER))
+            ).one()
+            session.add(CallRow(enterprise_id=enterprise.id, linkedid="broken", model={"v": 9}))
+        assert (await env.client.post(URL, json=STARTED, headers=bearer())).status_code == 202
+        broken = {**CALL[1], "call_id": "broken", "event_id": "b1"}
+        async with writes_held(env.url, env.backend):
+            posts = [
+                asyncio.create_task(env.client.post(URL, json=body, headers=bearer()))
+                for body in (CALL[1], broken, CALL[2])
+            ]
+            await asyncio.sleep(0.5)
+        good, bad, also_good = await asyncio.gather(*posts)
+        assert (good.status_code, also_good.status_code) == (202, 202)
+        assert bad.status_code == 500
+        async with env.factory() as session:
+            ids = set((await session.scalars(select(PbxEvent.event_id))).all())
+        assert ids == {"e1", "e2", "e3"}
+
+    async def test_a_deactivated_enterprise_is_refused_despite_the_cache(self, env: Env) -> None:
+        assert (await env.client.post(URL, json=STARTED, headers=bearer())).status_code == 202
+        async with env.factory() as session, session.begin():
+            row = (
+                await session.scalars(select(Enterprise).where(Enterprise.number == NUMBER))
+            ).one()
+            row.active = False
+        response = await env.client.post(URL, json=CALL[1], headers=bearer())
+        assert response.status_code == 401
+        assert await env.count(PbxEvent) == 1
 
 
 class TestAuthentication:

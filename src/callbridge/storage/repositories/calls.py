@@ -9,13 +9,55 @@ so two transactions never both believe they hold a new call.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from callbridge.domain.call import Call
 from callbridge.storage.models import Call as CallRow
 from callbridge.storage.repositories.base import Repository
 from callbridge.storage.types import utcnow
+
+_calls = cast(Table, CallRow.__table__)
+_SUMMARY_COLUMNS = (
+    "model",
+    "state",
+    "direction",
+    "external_number",
+    "line_number",
+    "ringing",
+    "answered_by",
+    "bitrix24_call_id",
+    "crm_entity_type",
+    "crm_entity_id",
+    "started_at",
+    "answered_at",
+    "ended_at",
+    "status_code",
+    "talk_seconds",
+    "recording",
+)
+# One UPDATE for many calls (executemany): the bulk path of call tracking.
+_UPDATE_SUMMARY = (
+    update(_calls)
+    .where(_calls.c.id == bindparam("row_id"))
+    .values({name: bindparam(name) for name in (*_SUMMARY_COLUMNS, "updated_at")})
+)
+
+
+@functools.cache
+def _lock_many_statement(dialect: str) -> Any:
+    # Built once: constructing an INSERT … RETURNING costs more than running it.
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_calls)
+    return insert.on_conflict_do_update(
+        index_elements=["enterprise_id", "linkedid"],
+        set_={"updated_at": insert.excluded.updated_at},
+    ).returning(_calls.c.id, _calls.c.enterprise_id, _calls.c.linkedid, _calls.c.model)
 
 
 class CallRepository(Repository[CallRow]):
@@ -70,6 +112,54 @@ class CallRepository(Repository[CallRow]):
         await self.session.flush()
         return row.id
 
+    async def lock_many(
+        self, keys: Sequence[tuple[int, str]]
+    ) -> dict[tuple[int, str], tuple[int, Call | None]]:
+        """Like :meth:`lock` for many calls in one statement: each row id and stored call.
+
+        Rows are locked in the order of ``keys`` (give them sorted: two transactions that lock
+        in the same order cannot deadlock). Core, not the ORM: nothing enters the identity map.
+        """
+        if not keys:
+            return {}
+        now = utcnow()
+        rows = await self.session.execute(
+            _lock_many_statement(self.dialect),
+            [
+                {
+                    "enterprise_id": enterprise_id,
+                    "linkedid": linkedid,
+                    "model": {},
+                    "ringing": {},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for enterprise_id, linkedid in dict.fromkeys(keys)
+            ],
+        )
+        return {
+            (row.enterprise_id, row.linkedid): (
+                row.id,
+                Call.from_dict(row.model) if row.model else None,
+            )
+            for row in rows
+        }
+
+    async def save_many(self, calls: Sequence[tuple[int, Call]]) -> None:
+        """Write calls (row id, call) and their summaries in one statement; rows locked first."""
+        if not calls:
+            return
+        now = utcnow()
+        params = [{"row_id": row_id, **_summary(call), "updated_at": now} for row_id, call in calls]
+        await self.session.execute(_UPDATE_SUMMARY, params)
+        # A row this session loaded earlier must not go on showing the old values.
+        for values in params:
+            key = self.session.sync_session.identity_key(CallRow, values["row_id"])
+            row = self.session.sync_session.identity_map.get(key)
+            if row is not None:
+                for name in (*_SUMMARY_COLUMNS, "updated_at"):
+                    set_committed_value(row, name, values[name])
+
     async def by_linkedid(self, enterprise_id: int, linkedid: str) -> CallRow | None:
         """The call's row without locking it (for reading)."""
         return await self.one_or_none(
@@ -80,22 +170,29 @@ class CallRepository(Repository[CallRow]):
 
 
 def _summarise(row: CallRow, call: Call) -> None:
-    row.model = call.to_dict()
-    row.state = call.state.value
-    row.direction = call.direction.value if call.direction is not None else "unknown"
-    row.external_number = (call.phone_number or call.external_number)[:64]
-    row.line_number = call.line[:64]
+    for name, value in _summary(call).items():
+        setattr(row, name, value)
+
+
+def _summary(call: Call) -> dict[str, Any]:
     last = call.legs[-1] if call.legs else None
-    row.ringing = dict(last.ringing) if last is not None else {}
-    row.answered_by = call.answered_by
     first = call.legs[0] if call.legs else None
-    row.bitrix24_call_id = first.bitrix24_call_id if first is not None else None
-    row.crm_entity_type = first.crm_entity_type if first is not None else None
-    row.crm_entity_id = first.crm_entity_id if first is not None else None
-    row.started_at = call.started_at
-    row.answered_at = next((leg.answered_at for leg in call.legs if leg.answered), None)
-    row.ended_at = call.ended_at
-    row.status_code = call.status_code
-    row.talk_seconds = call.talk_seconds
     recording = call.recordings[0] if call.recordings else None
-    row.recording = (recording.url or recording.path) if recording is not None else None
+    return {
+        "model": call.to_dict(),
+        "state": call.state.value,
+        "direction": call.direction.value if call.direction is not None else "unknown",
+        "external_number": (call.phone_number or call.external_number)[:64],
+        "line_number": call.line[:64],
+        "ringing": dict(last.ringing) if last is not None else {},
+        "answered_by": call.answered_by,
+        "bitrix24_call_id": first.bitrix24_call_id if first is not None else None,
+        "crm_entity_type": first.crm_entity_type if first is not None else None,
+        "crm_entity_id": first.crm_entity_id if first is not None else None,
+        "started_at": call.started_at,
+        "answered_at": next((leg.answered_at for leg in call.legs if leg.answered), None),
+        "ended_at": call.ended_at,
+        "status_code": call.status_code,
+        "talk_seconds": call.talk_seconds,
+        "recording": (recording.url or recording.path) if recording is not None else None,
+    }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+
+from sqlalchemy import select
 
 from callbridge.storage.models import Enterprise
 from callbridge.storage.repositories.base import Repository
@@ -16,6 +18,15 @@ class EnterpriseRepository(Repository[Enterprise]):
     async def by_number(self, number: str) -> Enterprise | None:
         """The enterprise with this number, or None."""
         return await self.one_or_none(self.select().where(Enterprise.number == number))
+
+    async def active_webhook_secrets(self, ids: Collection[int]) -> dict[int, str]:
+        """The stored (encrypted) webhook secret of each active enterprise among ``ids``."""
+        rows = await self.session.execute(
+            select(Enterprise.id, Enterprise.webhook_secret_enc).where(
+                Enterprise.id.in_(ids), Enterprise.active.is_(True)
+            )
+        )
+        return {row.id: row.webhook_secret_enc for row in rows if row.webhook_secret_enc}
 
     async def list_all(self) -> Sequence[Enterprise]:
         """Every enterprise, by number."""

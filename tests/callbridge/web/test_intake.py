@@ -1,0 +1,226 @@
+"""The group-commit writer of PBX webhooks, on a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from callbridge.domain.errors import CallStateError, StorageError
+from callbridge.domain.events import Answered, CallStarted, Direction, Event
+from callbridge.services.call_tracking import Outcome
+from callbridge.storage.crypto import SecretBox
+from callbridge.storage.db import create_engine, create_session_factory, create_unpooled_engine
+from callbridge.storage.models import Call as CallRow
+from callbridge.storage.models import Enterprise, Job, PbxEvent
+from callbridge.web.intake import CredentialsChangedError, IntakeWriter
+from tests.callbridge.services.test_call_tracking import make_tenant
+from tests.conftest import Database
+
+BOX = SecretBox([Fernet.generate_key()])
+T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+# Long enough for a writer that does not wait for the held lock to have committed.
+SETTLE_SECONDS = 0.3
+
+
+def started(linkedid: str) -> Event:
+    return CallStarted(
+        call_id=linkedid,
+        event_id=f"{linkedid}:1",
+        timestamp=T0,
+        direction=Direction.INBOUND,
+        external_number="84951234567",
+    )
+
+
+def answered(linkedid: str) -> Event:
+    return Answered(call_id=linkedid, event_id=f"{linkedid}:2", timestamp=T0, extension="101")
+
+
+@dataclass
+class Env:
+    writer: IntakeWriter
+    factory: async_sessionmaker[AsyncSession]
+    enterprise_id: int
+    secret_enc: str
+    url: str
+    backend: str
+
+    def submit(self, *events: Event) -> asyncio.Task[list[Outcome]]:
+        coroutine = self.writer.submit(self.enterprise_id, self.secret_enc, list(events))
+        return asyncio.create_task(coroutine)
+
+    async def count(self, model: type[object]) -> int:
+        async with self.factory() as session:
+            return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+@pytest.fixture
+async def env(database: Database, fresh_database_url: str) -> AsyncIterator[Env]:
+    engine = create_engine(fresh_database_url)
+    factory = create_session_factory(engine)
+    async with factory() as session, session.begin():
+        tenant = await make_tenant(session)
+        enterprise = await session.get_one(Enterprise, tenant.enterprise_id)
+        enterprise.webhook_secret_enc = BOX.encrypt("token")
+        secret_enc = enterprise.webhook_secret_enc
+    writer = IntakeWriter(factory, BOX)
+    try:
+        yield Env(
+            writer, factory, tenant.enterprise_id, secret_enc, fresh_database_url, database.backend
+        )
+    finally:
+        await writer.close()
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def writes_held(url: str, backend: str) -> AsyncIterator[Callable[[], Awaitable[int]]]:
+    """Block the writer's transactions from another connection; yields a count of stored events.
+
+    SQLite: this connection holds the write lock (``BEGIN IMMEDIATE``). PostgreSQL: it holds an
+    exclusive lock on ``pbx_events``, which the writer's insert waits for.
+    """
+    engine = create_unpooled_engine(url)
+    try:
+        async with engine.connect() as connection:
+            await connection.begin()
+            if backend == "postgres":
+                await connection.execute(text("LOCK TABLE pbx_events IN EXCLUSIVE MODE"))
+            else:
+                await connection.execute(text("SELECT 1"))
+
+            async def count() -> int:
+                result = await connection.execute(text("SELECT count(*) FROM pbx_events"))
+                return int(result.scalar_one())
+
+            yield count
+            await connection.rollback()
+    finally:
+        await engine.dispose()
+
+
+class TestGroupCommit:
+    async def test_requests_waiting_together_share_one_transaction(self, env: Env) -> None:
+        async with writes_held(env.url, env.backend) as stored:
+            first = env.submit(started("c0"))
+            await asyncio.sleep(SETTLE_SECONDS)
+            others = [env.submit(started(f"c{n}"), answered(f"c{n}")) for n in range(1, 10)]
+            await asyncio.sleep(SETTLE_SECONDS)
+            # Nothing is answered before it is committed, and nothing is committed yet.
+            assert not any(task.done() for task in [first, *others])
+            assert await stored() == 0
+        assert await first == [Outcome.ACCEPTED]
+        for task in others:
+            assert await task == [Outcome.ACCEPTED, Outcome.ACCEPTED]
+        # The first request alone, then the nine that queued behind it in one transaction.
+        assert (env.writer.commits, env.writer.committed_requests) == (2, 10)
+        assert await env.count(PbxEvent) == 19
+        assert await env.count(CallRow) == 10
+
+    async def test_later_requests_see_earlier_ones_in_the_same_group(self, env: Env) -> None:
+        async with writes_held(env.url, env.backend):
+            blocker = env.submit(started("other"))
+            await asyncio.sleep(SETTLE_SECONDS)
+            begin = env.submit(started("c1"))
+            answer = env.submit(answered("c1"))
+            again = env.submit(started("c1"))
+            await asyncio.sleep(SETTLE_SECONDS)
+        await blocker
+        assert await begin == [Outcome.ACCEPTED]
+        assert await answer == [Outcome.ACCEPTED]
+        # A repeat in the same group is acknowledged as a duplicate, not applied twice.
+        assert await again == [Outcome.DUPLICATE]
+        async with env.factory() as session:
+            call = (await session.scalars(select(CallRow).where(CallRow.linkedid == "c1"))).one()
+            jobs = (await session.scalars(select(Job).where(Job.call_id == call.id))).all()
+        assert call.state == "active"
+        assert call.answered_by == "101"
+        # The answer was applied to the call the first request started (its card is shown).
+        kinds = [job.payload["command"]["kind"] for job in sorted(jobs, key=lambda j: j.id)]
+        assert kinds == ["register", "show"]
+
+    async def test_a_failing_request_fails_alone(self, env: Env) -> None:
+        async with env.factory() as session, session.begin():
+            # A stored call the model cannot read: applying an event to it raises.
+            session.add(CallRow(enterprise_id=env.enterprise_id, linkedid="bad", model={"v": 9}))
+        async with writes_held(env.url, env.backend):
+            blocker = env.submit(started("c0"))
+            await asyncio.sleep(SETTLE_SECONDS)
+            good = [env.submit(started("c1")), env.submit(started("c2"))]
+            bad = env.submit(started("c3"), started("bad"))
+            more = env.submit(started("c4"))
+            await asyncio.sleep(SETTLE_SECONDS)
+        await blocker
+        for task in [*good, more]:
+            assert await task == [Outcome.ACCEPTED]
+        with pytest.raises(CallStateError):
+            await bad
+        # The bad request's good event went with it: a request is accepted whole or not at all.
+        async with env.factory() as session:
+            ids = set((await session.scalars(select(PbxEvent.event_id))).all())
+        assert ids == {"c0:1", "c1:1", "c2:1", "c4:1"}
+
+    async def test_a_writer_stopped_mid_transaction_accepts_nothing(self, env: Env) -> None:
+        async with writes_held(env.url, env.backend):
+            first = env.submit(started("c1"))
+            await asyncio.sleep(SETTLE_SECONDS)
+            queued = env.submit(started("c2"))
+            await asyncio.sleep(SETTLE_SECONDS)
+            assert env.writer._task is not None
+            env.writer._task.cancel()
+        for task in (first, queued):
+            with pytest.raises(StorageError):
+                await task
+        assert await env.count(PbxEvent) == 0
+        # The next request starts a writer again.
+        assert await env.submit(started("c3")) == [Outcome.ACCEPTED]
+
+    async def test_a_changed_secret_refuses_the_request_and_stores_nothing(self, env: Env) -> None:
+        async with env.factory() as session, session.begin():
+            enterprise = await session.get_one(Enterprise, env.enterprise_id)
+            enterprise.webhook_secret_enc = BOX.encrypt("rotated")
+        with pytest.raises(CredentialsChangedError):
+            await env.submit(started("c1"))
+        assert await env.count(PbxEvent) == 0
+
+    @pytest.mark.postgres
+    async def test_a_connection_lost_before_the_commit_answers_no_202(self, env: Env) -> None:
+        if env.backend != "postgres":
+            pytest.skip("kills the writer's PostgreSQL backend")
+        async with writes_held(env.url, env.backend) as stored:
+            tasks = [env.submit(started(f"c{n}")) for n in range(5)]
+            await asyncio.sleep(SETTLE_SECONDS)
+            assert await stored() == 0
+            engine = create_unpooled_engine(env.url)
+            try:
+                async with engine.connect() as killer:
+                    killed = await killer.scalars(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                            "AND query NOT LIKE 'LOCK TABLE%' AND query NOT LIKE 'SELECT count%'"
+                        )
+                    )
+                    # The writer's connection, blocked in its transaction, was among them.
+                    assert any(killed.all())
+            finally:
+                await engine.dispose()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        async with env.factory() as session:
+            ids = set((await session.scalars(select(PbxEvent.event_id))).all())
+        # Whatever was answered was committed (the writer may retry on a new connection), and
+        # whatever failed left nothing behind.
+        for n, result in enumerate(results):
+            if isinstance(result, BaseException):
+                assert f"c{n}:1" not in ids
+            else:
+                assert result == [Outcome.ACCEPTED]
+                assert f"c{n}:1" in ids

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,7 +38,7 @@ from callbridge.storage.models import (
 )
 from callbridge.storage.models import Call as CallRow
 from callbridge.storage.repositories import IntegrationRepository
-from callbridge.web import bitrix24_app, pbx
+from callbridge.web import bitrix24_app, pbx, routing
 from callbridge.worker.dispatcher import Dispatcher
 from tests.callbridge.crm.bitrix24.harness import (
     CALLBRIDGE,
@@ -142,9 +142,16 @@ def inbound_answered(linkedid: str, *, caller: str = KNOWN_CALLER, talk: int = 4
 
 @asynccontextmanager
 async def environment(
-    database_url: str, var_dir: Path, *, batching: bool = True
+    database_url: str,
+    var_dir: Path,
+    *,
+    batching: bool = True,
+    portal_mounts: Mapping[str, httpx.AsyncBaseTransport] | None = None,
 ) -> AsyncIterator[Env]:
-    """The harness of the client tests, with the PBX webhook routes mounted too."""
+    """The harness of the client tests, with the PBX webhook and routing routes mounted too.
+
+    ``portal_mounts`` give the portal other hosts to reach (e.g. a PBX serving ``RECORD_URL``s).
+    """
     settings = callbridge_settings(database_url, var_dir, worker_poll_interval_seconds=0.05)
     engine = create_engine(database_url)
     session_factory = create_session_factory(engine)
@@ -152,9 +159,12 @@ async def environment(
     app = FastAPI()
     app.include_router(bitrix24_app.router)
     app.include_router(pbx.router)
+    app.include_router(routing.router)
     holder: dict[str, Any] = {}
     to_callbridge = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=with_state(app, holder)), base_url=CALLBRIDGE
+        transport=httpx.ASGITransport(app=with_state(app, holder)),
+        base_url=CALLBRIDGE,
+        mounts=dict(portal_mounts or {}),
     )
     config = EmulatorConfig(base_url=PORTAL, domain="portal.test", http_client=to_callbridge)
     emulator_app = create_app(config)

@@ -40,6 +40,7 @@ from pydantic import (
 )
 
 from callbridge.domain import events as domain
+from callbridge.domain.status import disposition_from_dial_status
 
 __all__ = [
     "AUTHORIZATION_HEADER",
@@ -118,6 +119,24 @@ def _disposition(value: Any) -> Any:
 
 
 _Disposition = Annotated[domain.Disposition, BeforeValidator(_disposition)]
+
+
+def _cause_of_dial_status(data: Any) -> Any:
+    """Fill ``hangup_cause`` from a ``${DIALSTATUS}`` word that implies one, when none is given.
+
+    ``CONGESTION`` and ``CHANUNAVAIL`` both mean ``failed``; only the cause they imply (34, 20)
+    tells Bitrix24's ``503`` from ``480`` (bitrix24-api.md §1.2), as the AMI translator does.
+    """
+    if not isinstance(data, Mapping):
+        return data
+    word = data.get("disposition")
+    cause = data.get("hangup_cause")
+    if not isinstance(word, str) or (cause is not None and str(cause).strip() != ""):
+        return data
+    if word.strip().lower() not in _DIALSTATUS:
+        return data
+    _, implied = disposition_from_dial_status(word)
+    return data if implied is None else {**data, "hangup_cause": implied}
 
 
 class _Event(BaseModel):
@@ -246,6 +265,11 @@ class CallLegEnded(_Event):
     disposition: Annotated[_Disposition | None, BeforeValidator(_blank_to_none)] = None
     hangup_cause: _OptionalCause = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _implied_cause(cls, data: Any) -> Any:
+        return _cause_of_dial_status(data)
+
     def to_domain(self) -> domain.LegEnded:
         """The domain fact."""
         return domain.LegEnded(
@@ -277,6 +301,11 @@ class CallEnded(_Event):
         Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$")] | None,
         BeforeValidator(_blank_to_none),
     ] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _implied_cause(cls, data: Any) -> Any:
+        return _cause_of_dial_status(data)
 
     def to_domain(self) -> domain.Ended:
         """The domain fact."""

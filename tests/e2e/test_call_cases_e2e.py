@@ -29,7 +29,15 @@ from callbridge.storage.repositories import IntegrationRepository
 from callbridge.worker.directory import PortalsHolder, notify_missed_handler
 from callbridge.worker.registry import JobRegistry
 from callbridge.worker.worker import Worker
-from tests.e2e.test_calls_e2e import ENTERPRISE, KNOWN_CALLER, TOKEN, Env, environment, ev
+from tests.e2e.test_calls_e2e import (
+    ENTERPRISE,
+    KNOWN_CALLER,
+    TOKEN,
+    Env,
+    environment,
+    ev,
+    inbound_answered,
+)
 
 PBX_HOST = "pbx.test"
 LINE = "4951110101"
@@ -197,6 +205,61 @@ class TestInboundOutcomes:
         assert (call["STATUS_CODE"], stat(call)["PORTAL_USER_ID"], call["USER_ID"]) == (
             "304",
             3,
+            3,
+        )
+
+    async def test_caller_who_hangs_up_in_the_ivr_is_missed_for_the_default_user(
+        self, cases: Cases
+    ) -> None:
+        await cases.configure(default_user_id=3)
+        linkedid = "1764160000.4"
+        await cases.post(
+            started(linkedid),
+            # ${DIALSTATUS} is empty before Dial(): the hangup handler reports CANCEL.
+            ev("call.ended", linkedid, 2, 9, disposition="CANCEL", hangup_cause=16),
+        )
+        await cases.settle()
+        assert await cases.kinds(linkedid) == ["register", "finish"]
+        call = await cases.call(f"{linkedid}-0")
+        assert (call["STATUS_CODE"], call["DURATION"], stat(call)["PORTAL_USER_ID"]) == (
+            "304",
+            0,
+            3,
+        )
+        assert call["card_log"] == []
+
+    async def test_anonymous_caller_is_registered_without_a_lead(self, cases: Cases) -> None:
+        await cases.configure(lead_creation="all")
+        leads_before = await cases.portal("leads")
+        linkedid = "1764160000.5"
+        await cases.post(
+            started(linkedid, number=""),
+            ev("call.ringing", linkedid, 2, 1, extensions=["101"]),
+            ev("call.answered", linkedid, 3, 3, extension="101"),
+            ev("call.ended", linkedid, 4, 13, disposition="ANSWER", talk_seconds=10),
+        )
+        await cases.settle()
+        call = await cases.call(f"{linkedid}-0")
+        assert (call["PHONE_NUMBER"], call["STATUS_CODE"], call["DURATION"]) == ("0", "200", 10)
+        assert await cases.portal("leads") == leads_before
+
+    async def test_pickup_by_a_phone_that_did_not_ring_moves_the_card_to_it(
+        self, cases: Cases
+    ) -> None:
+        linkedid = "1764160000.6"
+        await cases.post(
+            started(linkedid),
+            ev("call.ringing", linkedid, 2, 1, extensions=["101"]),
+            # 103 picks the call up (*8) from 101's phone.
+            ev("call.answered", linkedid, 3, 6, extension="103"),
+            ev("call.ended", linkedid, 4, 36, disposition="ANSWER", talk_seconds=30),
+        )
+        await cases.settle()
+        call = await cases.call(f"{linkedid}-0")
+        assert card_moves(call) == [("show", 1), ("show", 3), ("hide", 1)]
+        assert (call["STATUS_CODE"], call["DURATION"], stat(call)["PORTAL_USER_ID"]) == (
+            "200",
+            30,
             3,
         )
 
@@ -438,6 +501,68 @@ class TestTransfers:
             0,
             3,
         )
+
+
+class TestTransferOutside:
+    async def test_blind_transfer_to_an_employees_mobile_is_that_employees_leg(
+        self, cases: Cases
+    ) -> None:
+        async with cases.env.h.session_factory() as session, session.begin():
+            integration = await cases.env.h.integration()
+            assert integration is not None
+            session.add(
+                Bitrix24User(integration_id=integration.id, user_id=5, mobile="+79161234567")
+            )
+        linkedid = "1764160350.1"
+        await cases.post(
+            started(linkedid),
+            ev("call.ringing", linkedid, 2, 1, extensions=["101"]),
+            ev("call.answered", linkedid, 3, 5, extension="101"),
+            ev(
+                "call.transferred",
+                linkedid,
+                4,
+                25,
+                kind="blind",
+                from_extension="101",
+                to_number="8 916 123-45-67",
+            ),
+            ev("call.answered", linkedid, 5, 30),
+            ev("call.ended", linkedid, 6, 90, disposition="ANSWER", talk_seconds=80),
+        )
+        await cases.settle()
+        first, second = await cases.call(f"{linkedid}-0"), await cases.call(f"{linkedid}-1")
+        assert (first["DURATION"], stat(first)["PORTAL_USER_ID"]) == (20, 1)
+        assert (second["STATUS_CODE"], second["DURATION"], stat(second)["PORTAL_USER_ID"]) == (
+            "200",
+            60,
+            5,
+        )
+        # The customer's number stays the call's number on the new leg.
+        assert second["PHONE_NUMBER"] == KNOWN_E164
+
+    async def test_blind_transfer_to_a_stranger_stays_with_the_employee(self, cases: Cases) -> None:
+        linkedid = "1764160350.2"
+        await cases.post(
+            started(linkedid),
+            ev("call.ringing", linkedid, 2, 1, extensions=["102"]),
+            ev("call.answered", linkedid, 3, 5, extension="102"),
+            ev(
+                "call.transferred",
+                linkedid,
+                4,
+                15,
+                kind="blind",
+                from_extension="102",
+                to_number="84997770099",
+            ),
+            ev("call.answered", linkedid, 5, 18),
+            ev("call.ended", linkedid, 6, 48, disposition="ANSWER", talk_seconds=40),
+        )
+        await cases.settle()
+        first, second = await cases.call(f"{linkedid}-0"), await cases.call(f"{linkedid}-1")
+        assert (first["DURATION"], stat(first)["PORTAL_USER_ID"]) == (10, 2)
+        assert (second["DURATION"], stat(second)["PORTAL_USER_ID"]) == (30, 2)
 
 
 class TestOutboundAndInternal:
@@ -682,6 +807,55 @@ class TestRecordings:
         assert file.content == WAV
         (attach,) = await cases.commands(linkedid, "attach_record")
         assert (attach["url"], attach["filename"]) == (cases.pbx.url(path), f"{linkedid}-0.wav")
+
+    async def test_an_employees_own_recording_goes_to_their_leg_only(self, cases: Cases) -> None:
+        linkedid = "1764160800.2"
+        cases.pbx.files["/monitor/part-102.mp3"] = b"ID3" + bytes(32)
+        await cases.post(
+            started(linkedid),
+            ev("call.ringing", linkedid, 2, 1, extensions=["101"]),
+            ev("call.answered", linkedid, 3, 5, extension="101"),
+            ev(
+                "call.transferred",
+                linkedid,
+                4,
+                25,
+                kind="attended",
+                from_extension="101",
+                to_extension="102",
+            ),
+            ev("call.ended", linkedid, 5, 55, disposition="ANSWER", talk_seconds=50),
+            ev(
+                "call.recording",
+                linkedid,
+                6,
+                56,
+                url=cases.pbx.url("/monitor/part-102.mp3"),
+                extension="102",
+            ),
+        )
+        await cases.settle()
+        first, second = await cases.call(f"{linkedid}-0"), await cases.call(f"{linkedid}-1")
+        assert first["records"] == []
+        assert second["record_file_id"] is not None
+        file = await cases.env.h.emulator_http.get(f"/_emulator/files/{second['record_file_id']}")
+        assert file.content == b"ID3" + bytes(32)
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="a recording known only by its path on the PBX is not uploaded "
+        "(the dispatcher fails it with RecordUploadUnsupportedError)",
+    )
+    async def test_recording_on_the_pbx_is_uploaded_after_the_finish(self, cases: Cases) -> None:
+        linkedid = "1764160800.3"
+        await cases.post(
+            *inbound_answered(linkedid),
+            ev("call.recording", linkedid, 5, 60, path=f"/var/spool/asterisk/{linkedid}.wav"),
+        )
+        await cases.settle()
+        call = await cases.call(f"{linkedid}-0")
+        assert call["record_file_id"] is not None
+        assert all(j.status == JobStatus.SUCCEEDED for j in await cases.env.jobs())
 
 
 class TestMissedCallNotifications:

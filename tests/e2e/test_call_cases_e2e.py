@@ -111,7 +111,7 @@ class Cases:
         ]
 
     async def kinds(self, linkedid: str) -> list[str]:
-        return [command["kind"] for command in await self.commands(linkedid)]
+        return await self.env.command_kinds(linkedid)
 
     async def routing(self, phone: str, **params: str) -> httpx.Response:
         return await self.env.h.callbridge_http.get(

@@ -25,6 +25,7 @@ from bitrix24_emulator.app import create_app
 from bitrix24_emulator.config import EmulatorConfig
 from callbridge.crm.bitrix24.api_log import MemoryApiLog
 from callbridge.portals import Portals
+from callbridge.services.call_tracking import BITRIX24_COMMAND_JOB
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.models import (
@@ -89,7 +90,8 @@ class Env:
         return [
             job.payload["command"]["kind"]
             for job in await self.jobs()
-            if job.payload.get("linkedid") == linkedid
+            # A missed inbound call also queues its notification, which is no command.
+            if job.kind == BITRIX24_COMMAND_JOB and job.payload.get("linkedid") == linkedid
         ]
 
     async def rest_requests(self) -> list[dict[str, Any]]:

@@ -151,6 +151,30 @@ class TestEvents:
         assert event.talk_seconds is None
 
     @pytest.mark.parametrize(
+        ("type_", "dialstatus", "given", "cause"),
+        [
+            ("call.ended", "CONGESTION", None, 34),
+            ("call.ended", "CHANUNAVAIL", "", 20),
+            ("call.ended", "BUSY", None, 17),
+            ("call.ended", "CHANUNAVAIL", "18", 18),  # the PBX's own cause wins
+            ("call.ended", "NOANSWER", None, None),
+            ("call.ended", "failed", None, None),  # our word implies nothing
+            ("call.leg_ended", "CHANUNAVAIL", None, 20),
+        ],
+    )
+    def test_dialstatus_brings_the_cause_it_implies(
+        self, type_: str, dialstatus: str, given: str | None, cause: int | None
+    ) -> None:
+        fields: dict[str, Any] = {"disposition": dialstatus}
+        if type_ == "call.leg_ended":
+            fields["extension"] = "101"
+        if given is not None:
+            fields["hangup_cause"] = given
+        event = one(type_, **fields)
+        assert isinstance(event, domain.Ended | domain.LegEnded)
+        assert event.hangup_cause == cause
+
+    @pytest.mark.parametrize(
         ("field", "value"),
         [
             ("disposition", "exploded"),

@@ -613,6 +613,40 @@ class TestOutboundAndInternal:
         assert call["cards_shown"] == [2]
 
 
+class TestClickToCall:
+    async def test_unanswered_click_to_call_is_finished_for_the_clicking_user(
+        self, cases: Cases
+    ) -> None:
+        response = await cases.env.h.emulator_http.post(
+            "/_emulator/events/click-to-call",
+            json={"user_id": 3, "phone_number": "+7 (812) 765-43-21"},
+        )
+        response.raise_for_status()
+        clicked = next(
+            c for c in (await cases.env.calls()).values() if c["origin"] == "click_to_call"
+        )
+        linkedid = "1764160450.1"
+        await cases.post(
+            ev(
+                "call.started",
+                linkedid,
+                1,
+                0,
+                direction="outbound",
+                external_number="88127654321",
+                extension="103",
+                bitrix24_call_id=clicked["CALL_ID"],
+            ),
+            ev("call.ended", linkedid, 2, 30, disposition="NOANSWER", hangup_cause=19),
+        )
+        await cases.settle()
+        assert await cases.kinds(linkedid) == ["finish"]
+        call = (await cases.env.calls())[clicked["CALL_ID"]]
+        assert (call["state"], call["STATUS_CODE"], call["DURATION"]) == ("finished", "304", 0)
+        assert call["USER_ID"] == 3
+        assert not [c for c in await cases.env.calls() if c.startswith(linkedid)]
+
+
 class TestDefaultUser:
     async def test_unknown_extension_answers_for_the_default_user(self, cases: Cases) -> None:
         await cases.configure(default_user_id=3)

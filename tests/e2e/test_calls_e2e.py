@@ -24,6 +24,7 @@ from sqlalchemy import select
 from bitrix24_emulator.app import create_app
 from bitrix24_emulator.config import EmulatorConfig
 from callbridge.crm.bitrix24.api_log import MemoryApiLog
+from callbridge.domain.commands import split_portal_external_call_id
 from callbridge.portals import Portals
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
@@ -77,9 +78,17 @@ class Env:
         await asyncio.wait_for(self.dispatcher.wait_idle(), seconds)
 
     async def calls(self) -> dict[str, dict[str, Any]]:
-        """The portal's calls by EXTERNAL_CALL_ID (click-to-call ones by CALL_ID)."""
+        """The portal's calls by leg id, ``<linkedid>-<leg>`` (click-to-call ones by CALL_ID).
+
+        Bitrix24 sees ``<enterprise number>/<linkedid>-<leg>``; the number is left out here.
+        """
         response = await self.h.emulator_http.get("/_emulator/calls")
-        return {c["EXTERNAL_CALL_ID"] or c["CALL_ID"]: c for c in response.json()}
+        return {
+            split_portal_external_call_id(c["EXTERNAL_CALL_ID"])[1]
+            if c["EXTERNAL_CALL_ID"]
+            else c["CALL_ID"]: c
+            for c in response.json()
+        }
 
     async def jobs(self) -> list[Job]:
         async with self.h.session_factory() as session:

@@ -16,7 +16,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from callbridge.storage.models import Bitrix24Call, Bitrix24Integration, IntegrationStatus, Job
+from callbridge.storage.models import (
+    Bitrix24Call,
+    Bitrix24Integration,
+    Enterprise,
+    IntegrationStatus,
+    Job,
+)
 from callbridge.storage.models import Call as CallRow
 from callbridge.storage.models import JobStatus as JobStatusEnum
 from callbridge.storage.types import utcnow
@@ -36,6 +42,14 @@ class LegUpdate:
     status_code: str | None = None
     duration: int | None = None
     finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Per call row: the known ``CALL_ID`` of each leg, and the enterprise's number."""
+
+    call_ids: dict[tuple[int, int], str]
+    enterprise_numbers: dict[int, str]
 
 
 class DispatchRepository:
@@ -65,18 +79,26 @@ class DispatchRepository:
 
     async def leg_call_ids(self, call_row_ids: Collection[int]) -> dict[tuple[int, int], str]:
         """The known Bitrix24 ``CALL_ID`` of each leg of these calls, by (calls.id, leg)."""
+        return (await self.call_context(call_row_ids)).call_ids
+
+    async def call_context(self, call_row_ids: Collection[int]) -> CallContext:
+        """What the dispatcher needs of these calls, in one query."""
         if not call_row_ids:
-            return {}
+            return CallContext({}, {})
         rows = await self.session.execute(
-            select(CallRow.id, CallRow.model).where(CallRow.id.in_(sorted(call_row_ids)))
+            select(CallRow.id, CallRow.model, Enterprise.number)
+            .join(Enterprise, Enterprise.id == CallRow.enterprise_id)
+            .where(CallRow.id.in_(sorted(call_row_ids)))
         )
         found: dict[tuple[int, int], str] = {}
-        for row_id, model in rows:
+        numbers: dict[int, str] = {}
+        for row_id, model, number in rows:
+            numbers[row_id] = number
             for leg in (model or {}).get("legs", []):
                 call_id = leg.get("bitrix24_call_id")
                 if call_id:
                     found[(row_id, int(leg["number"]))] = str(call_id)
-        return found
+        return CallContext(found, numbers)
 
     async def save_legs(self, updates: Iterable[LegUpdate]) -> None:
         """Create or update the ``bitrix24_calls`` row of each leg (the call must be locked)."""

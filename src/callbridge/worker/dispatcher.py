@@ -42,7 +42,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import Enum
@@ -214,14 +214,15 @@ def _after_flush(session: Session, _context: Any) -> None:
     # ``session.new`` still lists what this flush inserted.
     for obj in session.new:
         if isinstance(obj, Job) and obj.kind == DISPATCHER_KIND:
-            session.info[_ENQUEUED_KEY] = True
-            return
+            portals: set[int | None] = session.info.setdefault(_ENQUEUED_KEY, set())
+            portals.add(obj.integration_id)
 
 
 def _after_commit(session: Session) -> None:
-    if session.info.pop(_ENQUEUED_KEY, False):
+    portals: set[int | None] | None = session.info.pop(_ENQUEUED_KEY, None)
+    if portals:
         for dispatcher in list(_listening):
-            dispatcher.wake_threadsafe()
+            dispatcher.wake_threadsafe(portals)
 
 
 def _after_rollback(session: Session) -> None:
@@ -297,6 +298,9 @@ class Dispatcher:
         self._lanes: dict[int, _Lane] = {}
         self._in_flight: dict[int, ClaimedJob] = {}
         self._wakeup = asyncio.Event()
+        #: Portals with new jobs (from a commit), and whether to look for every ready portal.
+        self._nudged: set[int] = set()
+        self._rescan = True
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Requests sent and commands in them (for benchmarks and tests).
@@ -307,10 +311,24 @@ class Dispatcher:
 
     def wake(self) -> None:
         """Look for ready jobs now."""
+        self._rescan = True
         self._wakeup.set()
 
-    def wake_threadsafe(self) -> None:
-        """:meth:`wake` from any thread (SQLAlchemy's commit hook runs in the loop's thread)."""
+    def nudge(self, integration_ids: Iterable[int | None]) -> None:
+        """These portals have new jobs: run their lanes now, without looking for others.
+
+        Skipping the look-up saves a database round trip between a commit and the request it
+        implies: the register of a ringing call.
+        """
+        ids = {integration_id for integration_id in integration_ids if integration_id}
+        if not ids:
+            self.wake()
+            return
+        self._nudged |= ids
+        self._wakeup.set()
+
+    def wake_threadsafe(self, integration_ids: Iterable[int | None] | None = None) -> None:
+        """:meth:`wake` (or :meth:`nudge`) from any thread (the commit hook runs anywhere)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -318,10 +336,13 @@ class Dispatcher:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
+        ids = list(integration_ids) if integration_ids is not None else None
         if running is loop:
-            self._wakeup.set()
+            self.wake() if ids is None else self.nudge(ids)
+        elif ids is None:
+            loop.call_soon_threadsafe(self.wake)
         else:
-            loop.call_soon_threadsafe(self._wakeup.set)
+            loop.call_soon_threadsafe(self.nudge, ids)
 
     async def run(self) -> None:
         """Dispatch until cancelled; then let running requests finish and record them."""
@@ -340,9 +361,16 @@ class Dispatcher:
             try:
                 while not self._stopping:
                     self._wakeup.clear()
-                    await self._schedule()
-                    with contextlib.suppress(TimeoutError):
+                    nudged, self._nudged = self._nudged, set()
+                    rescan, self._rescan = self._rescan, False
+                    if nudged:
+                        self._start_lanes(sorted(nudged))
+                    if rescan or not nudged:
+                        await self._schedule()
+                    try:
                         await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+                    except TimeoutError:
+                        self._rescan = True
             finally:
                 self._stopping = True
                 _listening.discard(self)
@@ -390,8 +418,12 @@ class Dispatcher:
         except Exception:
             logger.exception("dispatcher: cannot look for ready jobs; trying again")
             return
+        self._start_lanes(ready)
+
+    def _start_lanes(self, integration_ids: Iterable[int]) -> None:
+        """Run (or kick) the lane of each of these portals, unless it is paused."""
         now = time.monotonic()
-        for integration_id in ready:
+        for integration_id in integration_ids:
             lane = self._lanes.setdefault(integration_id, _Lane())
             if lane.paused_until > now:
                 continue
@@ -426,7 +458,7 @@ class Dispatcher:
                 with contextlib.suppress(Exception):
                     await self._release(lane, list(lane.held), "the dispatcher stopped")
             # Whatever it finished may unblock the next job of a call (or another portal's).
-            self._wakeup.set()
+            self.wake()
 
     # -- one lane ------------------------------------------------------------------------------
 
@@ -444,12 +476,10 @@ class Dispatcher:
             if claim or lane.kick:
                 claim = lane.kick = False
                 lane.event.clear()
-                async with self.session_factory() as session:
-                    row = await DispatchRepository(session).integration(integration_id)
-                if row is None or row.status != IntegrationStatus.ACTIVE.value:
+                row = await self._claim_into(integration_id, lane)
+                if row is None:
                     await self._release(lane, list(lane.held), "the integration is not active")
                     return
-                await self._claim_into(integration_id, lane)
             if not lane.held:
                 return
             assert row is not None  # read by the first claim
@@ -491,12 +521,12 @@ class Dispatcher:
             refill_at=now + mirror.time_until_free(tuning.reserve, now),
         )
 
-    async def _claim_into(self, integration_id: int, lane: _Lane) -> None:
-        """Claim what is ready (after what the lane holds) and hold it."""
+    async def _claim_into(self, integration_id: int, lane: _Lane) -> Bitrix24Integration | None:
+        """Claim what is ready (after what the lane holds) and hold it; None if not active."""
         room = 2 * self.max_batch - len(lane.held)
-        if room <= 0:
-            return
-        jobs, context = await self._claim(integration_id, room, list(lane.held))
+        row, jobs, context = await self._claim(integration_id, room, list(lane.held))
+        if row is None:
+            return None
         now = time.monotonic()
         for job in jobs:
             command = job.payload.get("command") or {}
@@ -506,6 +536,7 @@ class Dispatcher:
             lane.held[job.id] = (job, Held(job.id, key, kind, method, now))
         lane.known.update(context.call_ids)
         lane.numbers.update(context.enterprise_numbers)
+        return row
 
     async def _send_decided(
         self,
@@ -520,7 +551,8 @@ class Dispatcher:
         waited = await portals.limiter.acquire(credentials.key, credentials.plan)
         if decision.critical and waited > _TOPUP_AFTER_WAIT:
             # The request could not go at once: take along what became ready meanwhile.
-            await self._claim_into(integration_id, lane)
+            if await self._claim_into(integration_id, lane) is None:
+                return
             again = self._decide(lane, credentials.plan, time.monotonic())
             if again.release:
                 await self._release_paused(lane, again.release)
@@ -631,8 +663,16 @@ class Dispatcher:
 
     async def _claim(
         self, integration_id: int, limit: int, holding: Sequence[int]
-    ) -> tuple[list[ClaimedJob], CallContext]:
+    ) -> tuple[Bitrix24Integration | None, list[ClaimedJob], CallContext]:
+        """The integration (None unless active) and its ready jobs, in one transaction."""
         async with self.session_factory() as session:
+            repo = DispatchRepository(session)
+            # Read afresh each time: another process may have paused it.
+            row = await repo.integration(integration_id)
+            if row is None or row.status != IntegrationStatus.ACTIVE.value or limit <= 0:
+                await session.commit()
+                active = row is not None and row.status == IntegrationStatus.ACTIVE.value
+                return (row if active else None), [], CallContext({}, {})
             jobs = await self.queue.claim_chains(
                 session,
                 self.name,
@@ -642,11 +682,11 @@ class Dispatcher:
                 holding=holding,
             )
             call_rows = {job.call_id for job in jobs if job.call_id is not None}
-            context = await DispatchRepository(session).call_context(call_rows)
+            context = await repo.call_context(call_rows)
             await session.commit()
         for job in jobs:
             self._in_flight[job.id] = job
-        return jobs, context
+        return row, jobs, context
 
     def _plan(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -151,9 +151,17 @@ def inbound_answered(linkedid: str, *, caller: str = KNOWN_CALLER, talk: int = 4
 
 @asynccontextmanager
 async def environment(
-    database_url: str, var_dir: Path, *, batching: bool = True
+    database_url: str,
+    var_dir: Path,
+    *,
+    batching: bool = True,
+    wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
 ) -> AsyncIterator[Env]:
-    """The harness of the client tests, with the PBX webhook routes mounted too."""
+    """The harness of the client tests, with the PBX webhook routes mounted too.
+
+    ``wrap_transport`` wraps the transport callbridge reaches the portal through (to lose an
+    answer, say).
+    """
     settings = callbridge_settings(database_url, var_dir, worker_poll_interval_seconds=0.05)
     engine = create_engine(database_url)
     session_factory = create_session_factory(engine)
@@ -167,9 +175,10 @@ async def environment(
     )
     config = EmulatorConfig(base_url=PORTAL, domain="portal.test", http_client=to_callbridge)
     emulator_app = create_app(config)
-    to_emulator = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=emulator_app), base_url=PORTAL
-    )
+    transport: httpx.AsyncBaseTransport = httpx.ASGITransport(app=emulator_app)
+    if wrap_transport is not None:
+        transport = wrap_transport(transport)
+    to_emulator = httpx.AsyncClient(transport=transport, base_url=PORTAL)
     api_log = MemoryApiLog()
     portals = Portals(settings, session_factory, to_emulator, box, api_log=api_log)
     holder.update(

@@ -1,4 +1,4 @@
-"""The dispatcher's scheduling policy: critical commands at once, bulk ones linger and keep a reserve."""
+"""The dispatcher's scheduling policy: critical commands at once, bulk ones linger, a reserve."""
 
 from __future__ import annotations
 

@@ -523,7 +523,9 @@ class Dispatcher:
 
     async def _claim_into(self, integration_id: int, lane: _Lane) -> Bitrix24Integration | None:
         """Claim what is ready (after what the lane holds) and hold it; None if not active."""
-        room = 2 * self.max_batch - len(lane.held)
+        # Room for one request's worth beyond a full one: a register that turns up while bulk
+        # commands wait for the reserve still gets claimed.
+        room = 2 * self._tuning(lane).max_batch - len(lane.held)
         row, jobs, context = await self._claim(integration_id, room, list(lane.held))
         if row is None:
             return None

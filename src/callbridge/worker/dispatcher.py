@@ -374,6 +374,8 @@ class Dispatcher:
             finally:
                 self._stopping = True
                 _listening.discard(self)
+                for lane in self._lanes.values():
+                    lane.event.set()  # lingering lanes give their commands back now
                 # Shielded: a cancelled side task still lets requests in flight be recorded.
                 await asyncio.shield(self._stop_lanes())
                 for helper in helpers:
@@ -583,6 +585,12 @@ class Dispatcher:
         finally:
             for job in jobs:
                 self._in_flight.pop(job.id, None)
+        # A command that did not get through is back in the queue (or dead): the later commands
+        # of its call wait behind it there, never here, where they could overtake it.
+        stuck = {job.ordering_key for job in jobs if outcomes[job.id].fate is not _Fate.DONE}
+        followers = [job_id for job_id, (_job, held) in lane.held.items() if held.key in stuck]
+        if followers:
+            await self._release(lane, followers, "waiting behind an earlier command of its call")
         if lane.isolate_rounds > 0:
             lane.isolate_rounds -= 1
         # Forget what no held command needs any more.

@@ -181,12 +181,17 @@ async def storm(url: str, tmp: Path, calls: int, seconds: float) -> None:
         lag = max((c["finished_at"] for c in finished), default=last_event) - last_event
         sent = (await requests(env))[before:]
         latencies = await register_latencies(env, started)
+        dispatch = await dispatch_latencies(env)
         commands = sum(commands_in(r) for r in sent)
         print(f"1. storm: {calls} calls over {seconds:.0f} s, standard plan (50, 2/s)")
         print(f"   lag (last PBX event → last call finished): {lag:.2f} s")
         print(
             f"   call.started → register accepted: p50 {pct(latencies, 0.5):.0f} ms, "
             f"p99 {pct(latencies, 0.99):.0f} ms"
+        )
+        print(
+            f"   of which register job committed → accepted: p50 {pct(dispatch, 0.5):.0f} ms, "
+            f"p99 {pct(dispatch, 0.99):.0f} ms"
         )
         print(
             f"   requests {len(sent)}, commands {commands}, "

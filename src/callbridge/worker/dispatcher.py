@@ -1,27 +1,43 @@
 """The per-portal dispatcher: ``bitrix24.command`` jobs to Bitrix24, in order, batched, in budget.
 
-One *lane* per portal (integration) drains its ready jobs, one request at a time:
+One *lane* per portal (integration) claims, holds and sends its ready jobs, one request at a time:
 
 1. claim the portal's ready jobs with :meth:`JobQueue.claim_chains` (a call's register, show and
-   finish come together, so they can share a request), then take a slot of the portal's rate
-   budget; if that meant waiting, claim again what became ready meanwhile (up to 50). One ready
-   command goes at once, alone; several go as one ``batch``;
-2. a command names a leg: its ``CALL_ID`` is the one stored in the call model, or, when the leg's
-   register rides in the same batch, the reference ``$result[j<register job>][CALL_ID]``;
-3. write the results back (register's ``CALL_ID`` and CRM entity into the call model, a
+   finish come together, so they can share a request) and hold them;
+2. decide what goes now (:mod:`callbridge.worker.dispatch_policy`): a held ``register`` or
+   ``show`` goes at once, taking every held bulk command (``hide``, ``finish``,
+   ``attachRecord``) along as riders; bulk commands alone linger up to a second for company and
+   go only while the portal's bucket keeps a reserve of free slots for the next register. Then
+   take a slot of the portal's rate budget; if that meant waiting, claim what became ready
+   meanwhile and send it too. One command goes alone; several go as one ``batch``;
+3. a command names a leg: its ``CALL_ID`` is the one stored in the call model, or, when the leg's
+   register rides in the same batch, the reference ``$result[j<register job>][CALL_ID]``. A
+   register's ``EXTERNAL_CALL_ID`` is ``<enterprise number>/<linkedid>-<leg>``, unique across the
+   enterprises sharing a portal;
+4. write the results back (register's ``CALL_ID`` and CRM entity into the call model, a
    ``bitrix24_calls`` row per leg) and complete or fail the jobs, in one transaction. No
    transaction is open while Bitrix24 is called (SQLite has one writer; the client reads tokens in
    its own transactions).
 
 Batches run with ``halt=1``: the portal stops at the first failing command, so nothing after it,
 in particular no command of the same call, runs out of order. The failed job gets its own fate
-(per the retry policy); the jobs after it were not run and go back without spending an attempt.
+(per the retry policy); the jobs after it were not run and go back without spending an attempt,
+and so do the held commands of its call, which then wait behind it in the queue.
+
+Commands retried after a lost answer (at-least-once delivery) are idempotent: a second
+``register`` gets the same ``CALL_ID`` (Bitrix24 deduplicates on ``EXTERNAL_CALL_ID`` for 30
+minutes), ``hide`` of a finished call answers ``false``, and a ``finish`` answered "Call is not
+found" (:class:`CallNotFound`) for a ``CALL_ID`` Bitrix24 gave us is done: only a finish
+consumes a registration.
 
 What a failure of the whole request does, by the client's error class:
 
 - ``ReauthRequired``: the integration goes to ``needs_reauth`` (reason kept); its jobs go back
   untouched with ``last_error`` saying why, and no lane runs for it until it is ``active`` again;
-- ``RetryLater`` (503 ``QUERY_LIMIT_EXCEEDED``, 429): the portal pauses for ``retry_after``, the
+- ``OperationTimeLimit`` (429, alone or inside a batch): only that method is blocked for our app
+  (spec §5.2): the lane pauses that method until its ``operating_reset_at`` (else a minute), its
+  jobs go back for then without spending an attempt, and other methods keep flowing;
+- ``RetryLater`` (503 ``QUERY_LIMIT_EXCEEDED``): the portal pauses for ``retry_after``, the
   jobs go back for then, no attempt spent;
 - ``BackOff`` (5xx, network): the portal is down, not the jobs at fault: the lane pauses with
   exponential backoff (capped at a minute), the jobs go back without spending attempts, and after
@@ -32,7 +48,8 @@ What a failure of the whole request does, by the client's error class:
 - anything else: the retry policy decides, spending an attempt.
 
 Wake-ups: PostgreSQL ``NOTIFY``, a commit in this process that enqueued a command (all-in-one
-mode, either database), a lane's own progress, or the poll interval.
+mode, either database: it runs that portal's lane at once, with no look-up first), a lane's own
+progress, or the poll interval.
 """
 
 from __future__ import annotations

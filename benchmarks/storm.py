@@ -153,7 +153,7 @@ async def dispatch_latencies(env: Env) -> list[float]:
     calls = await portal_calls(env)
     out = []
     for job in await env.jobs():
-        if job.payload["command"]["kind"] != "register":
+        if (job.payload.get("command") or {}).get("kind") != "register":
             continue
         call = calls.get(f"{job.payload['linkedid']}-{job.payload['leg']}")
         if call is not None:

@@ -364,3 +364,19 @@ class TestExternalCallIds:
         for value in ours:
             assert split_portal_external_call_id(value) == (value[:3], f"{linkedid}-0")
         assert split_portal_external_call_id(f"{linkedid}-0") == (None, f"{linkedid}-0")
+
+    async def test_a_leg_registered_before_ids_were_qualified_keeps_its_id(self, env: Env) -> None:
+        linkedid = "1764190000.1"
+        events = inbound_answered(linkedid)
+        await env.post(*events[:2])
+        await env.settle()
+        # As stored by an earlier version: the bare leg id.
+        async with env.h.session_factory() as session, session.begin():
+            leg = (await session.scalars(select(Bitrix24Call))).one()
+            leg.external_call_id = f"{linkedid}-0"
+        await env.post(*events[2:])
+        await env.settle()
+        async with env.h.session_factory() as session:
+            leg = (await session.scalars(select(Bitrix24Call))).one()
+        assert (leg.external_call_id, leg.status, leg.duration) == (f"{linkedid}-0", "finished", 42)
+        assert (await env.calls())[f"{linkedid}-0"]["state"] == "finished"

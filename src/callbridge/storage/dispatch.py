@@ -1,9 +1,10 @@
 """The storage side of the Bitrix24 dispatcher (``worker/dispatcher.py``).
 
 What the dispatcher reads before a request (which portals have work, the ``CALL_ID`` of each leg
-its commands name) and writes after it (the register's results into the call model, a
-``bitrix24_calls`` row per leg, the integration's status when its tokens are refused). Like every
-repository here it flushes and never commits.
+its commands name, the enterprise number that makes an ``EXTERNAL_CALL_ID`` unique) and writes
+after it (the register's results into the call model, a ``bitrix24_calls`` row per leg, the
+integration's status when its tokens are refused). Like every repository here it flushes and
+never commits.
 """
 
 from __future__ import annotations
@@ -77,12 +78,8 @@ class DispatchRepository:
         """The integration row (read afresh: another process may have changed its status)."""
         return await self.session.get(Bitrix24Integration, integration_id, populate_existing=True)
 
-    async def leg_call_ids(self, call_row_ids: Collection[int]) -> dict[tuple[int, int], str]:
-        """The known Bitrix24 ``CALL_ID`` of each leg of these calls, by (calls.id, leg)."""
-        return (await self.call_context(call_row_ids)).call_ids
-
     async def call_context(self, call_row_ids: Collection[int]) -> CallContext:
-        """What the dispatcher needs of these calls, in one query."""
+        """The known ``CALL_ID`` of each leg (by calls.id, leg) and the enterprise numbers."""
         if not call_row_ids:
             return CallContext({}, {})
         rows = await self.session.execute(

@@ -99,16 +99,19 @@ class DispatchRepository:
 
     async def save_legs(self, updates: Iterable[LegUpdate]) -> None:
         """Create or update the ``bitrix24_calls`` row of each leg (the call must be locked)."""
+        updates = list(updates)
         rows: dict[tuple[int, int], Bitrix24Call] = {}
+        if updates:
+            # One query for every leg of the request, not one per command.
+            found = await self.session.scalars(
+                select(Bitrix24Call).where(
+                    Bitrix24Call.call_id.in_(sorted({u.call_row_id for u in updates}))
+                )
+            )
+            rows = {(row.call_id, row.leg): row for row in found}
         for update in updates:
             key = (update.call_row_id, update.leg)
             row = rows.get(key)
-            if row is None:
-                row = await self.session.scalar(
-                    select(Bitrix24Call).where(
-                        Bitrix24Call.call_id == update.call_row_id, Bitrix24Call.leg == update.leg
-                    )
-                )
             if row is None:
                 row = Bitrix24Call(
                     call_id=update.call_row_id,

@@ -68,7 +68,7 @@ from typing import Any, Final
 import httpx
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from callbridge.config import Settings
 from callbridge.crm.bitrix24.auth import Credentials
@@ -235,6 +235,25 @@ def _after_flush(session: Session, _context: Any) -> None:
             portals.add(obj.integration_id)
 
 
+def _on_execute(state: ORMExecuteState) -> None:
+    # Jobs enqueued in bulk (``JobQueue.enqueue_many``) are a Core INSERT: no flush sees them.
+    if not state.is_insert:
+        return
+    table = getattr(state.statement, "table", None)
+    if getattr(table, "name", None) != Job.__tablename__:
+        return
+    params = state.parameters
+    rows: list[Mapping[str, Any]] = []
+    if isinstance(params, Mapping):
+        rows = [params]
+    elif isinstance(params, Sequence):
+        rows = list(params)
+    ids = {row.get("integration_id") for row in rows if row.get("kind") == DISPATCHER_KIND}
+    if ids:
+        portals: set[int | None] = state.session.info.setdefault(_ENQUEUED_KEY, set())
+        portals |= ids
+
+
 def _after_commit(session: Session) -> None:
     portals: set[int | None] | None = session.info.pop(_ENQUEUED_KEY, None)
     if portals:
@@ -252,6 +271,7 @@ def _hook_commits() -> None:
     if _hooked:
         return
     event.listen(Session, "after_flush", _after_flush)
+    event.listen(Session, "do_orm_execute", _on_execute)
     event.listen(Session, "after_commit", _after_commit)
     event.listen(Session, "after_rollback", _after_rollback)
     _hooked = True

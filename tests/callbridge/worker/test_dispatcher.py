@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from callbridge.domain.commands import split_portal_external_call_id
+from callbridge.domain.ports import NewJob
 from callbridge.storage.job_queue import JobQueue
 from callbridge.storage.models import (
     Bitrix24Call,
@@ -22,6 +23,7 @@ from callbridge.storage.models import (
     Job,
     JobStatus,
 )
+from callbridge.worker.dispatcher import DISPATCHER_KIND, _hook_commits, _listening
 from tests.e2e.test_calls_e2e import KNOWN_CALLER, Env, environment, ev, inbound_answered
 
 
@@ -380,3 +382,33 @@ class TestExternalCallIds:
             leg = (await session.scalars(select(Bitrix24Call))).one()
         assert (leg.external_call_id, leg.status, leg.duration) == (f"{linkedid}-0", "finished", 42)
         assert (await env.calls())[f"{linkedid}-0"]["state"] == "finished"
+
+
+class Recorder:
+    """Stands in for a running dispatcher: what the commit hook tells it."""
+
+    def __init__(self) -> None:
+        self.told: list[set[int | None]] = []
+
+    def wake_threadsafe(self, integration_ids: set[int | None] | None = None) -> None:
+        self.told.append(set(integration_ids or ()))
+
+
+class TestCommitWakeUps:
+    async def test_jobs_enqueued_in_bulk_wake_their_portals_lane_on_commit(self, env: Env) -> None:
+        integration = await env.h.integration()
+        assert integration is not None
+        recorder = Recorder()
+        _hook_commits()
+        _listening.add(recorder)  # type: ignore[arg-type]
+        try:
+            async with env.h.session_factory() as session:
+                await JobQueue().enqueue_many(
+                    session,
+                    [NewJob(kind=DISPATCHER_KIND, payload={}, integration_id=integration.id)],
+                )
+                assert recorder.told == []  # not before the commit
+                await session.commit()
+        finally:
+            _listening.discard(recorder)  # type: ignore[arg-type]
+        assert recorder.told == [{integration.id}]

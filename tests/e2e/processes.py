@@ -47,6 +47,7 @@ from sqlalchemy.engine import make_url
 
 from callbridge.config import ENV_PREFIX, Settings, load_settings
 from callbridge.directory import sync_integration_users
+from callbridge.domain.commands import split_portal_external_call_id
 from callbridge.portals import Portals
 from callbridge.services.call_tracking import BITRIX24_COMMAND_JOB
 from callbridge.storage import migrate
@@ -722,7 +723,9 @@ async def run_outage(s: Stack, scenario: Scenario) -> Report:
     by_linkedid: dict[str, list[dict[str, Any]]] = {}
     for call in portal_calls:
         external = str(call.get("EXTERNAL_CALL_ID") or "")
-        by_linkedid.setdefault(external.rsplit("-", 1)[0], []).append(call)
+        # ``<enterprise number>/<linkedid>-<leg>``
+        leg_id = split_portal_external_call_id(external)[1]
+        by_linkedid.setdefault(leg_id.rsplit("-", 1)[0], []).append(call)
     for call, ok in zip(calls, delivered, strict=True):
         if not ok:
             continue

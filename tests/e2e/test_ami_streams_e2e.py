@@ -374,7 +374,7 @@ class TestInbound:
         assert facts.rang == ["101"]
         async with playing(fresh_database_url, tmp_path, name) as env:
             (call,) = await env.settled()
-            assert call["EXTERNAL_CALL_ID"] == f"{facts.linkedid}-0"
+            assert call["EXTERNAL_CALL_ID"] == f"100/{facts.linkedid}-0"  # enterprise 100
             assert (call["TYPE"], call["PHONE_NUMBER"]) == (2, CALLER)
             assert_start(call, facts.started)
             assert call["LINE_NUMBER"] == facts.did == "4951110101"
@@ -455,8 +455,8 @@ class TestInbound:
         assert facts.rang == ["101", "102"]
         async with playing(fresh_database_url, tmp_path, name) as env:
             first, second = await env.settled(calls=2)
-            assert first["EXTERNAL_CALL_ID"] == f"{facts.linkedid}-0"
-            assert second["EXTERNAL_CALL_ID"] == f"{facts.linkedid}-1"
+            assert first["EXTERNAL_CALL_ID"] == f"100/{facts.linkedid}-0"
+            assert second["EXTERNAL_CALL_ID"] == f"100/{facts.linkedid}-1"
             # Both are the customer's inbound call; the second starts at the transfer.
             assert first["TYPE"] == second["TYPE"] == 2
             assert facts.transferred is not None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +24,7 @@ from sqlalchemy import select
 from bitrix24_emulator.app import create_app
 from bitrix24_emulator.config import EmulatorConfig
 from callbridge.crm.bitrix24.api_log import MemoryApiLog
+from callbridge.domain.commands import split_portal_external_call_id
 from callbridge.portals import Portals
 from callbridge.services.call_tracking import BITRIX24_COMMAND_JOB
 from callbridge.storage.crypto import SecretBox
@@ -78,9 +79,17 @@ class Env:
         await asyncio.wait_for(self.dispatcher.wait_idle(), seconds)
 
     async def calls(self) -> dict[str, dict[str, Any]]:
-        """The portal's calls by EXTERNAL_CALL_ID (click-to-call ones by CALL_ID)."""
+        """The portal's calls by leg id, ``<linkedid>-<leg>`` (click-to-call ones by CALL_ID).
+
+        Bitrix24 sees ``<enterprise number>/<linkedid>-<leg>``; the number is left out here.
+        """
         response = await self.h.emulator_http.get("/_emulator/calls")
-        return {c["EXTERNAL_CALL_ID"] or c["CALL_ID"]: c for c in response.json()}
+        return {
+            split_portal_external_call_id(c["EXTERNAL_CALL_ID"])[1]
+            if c["EXTERNAL_CALL_ID"]
+            else c["CALL_ID"]: c
+            for c in response.json()
+        }
 
     async def jobs(self) -> list[Job]:
         async with self.h.session_factory() as session:
@@ -149,10 +158,13 @@ async def environment(
     *,
     batching: bool = True,
     portal_mounts: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
 ) -> AsyncIterator[Env]:
     """The harness of the client tests, with the PBX webhook and routing routes mounted too.
 
-    ``portal_mounts`` give the portal other hosts to reach (e.g. a PBX serving ``RECORD_URL``s).
+    ``portal_mounts`` give the portal other hosts to reach (e.g. a PBX serving ``RECORD_URL``s);
+    ``wrap_transport`` wraps the transport callbridge reaches the portal through (to lose an
+    answer, say).
     """
     settings = callbridge_settings(database_url, var_dir, worker_poll_interval_seconds=0.05)
     engine = create_engine(database_url)
@@ -170,9 +182,10 @@ async def environment(
     )
     config = EmulatorConfig(base_url=PORTAL, domain="portal.test", http_client=to_callbridge)
     emulator_app = create_app(config)
-    to_emulator = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=emulator_app), base_url=PORTAL
-    )
+    transport: httpx.AsyncBaseTransport = httpx.ASGITransport(app=emulator_app)
+    if wrap_transport is not None:
+        transport = wrap_transport(transport)
+    to_emulator = httpx.AsyncClient(transport=transport, base_url=PORTAL)
     api_log = MemoryApiLog()
     portals = Portals(settings, session_factory, to_emulator, box, api_log=api_log)
     holder.update(

@@ -25,7 +25,36 @@ __all__ = [
     "ShowCard",
     "command_from_dict",
     "command_to_dict",
+    "portal_external_call_id",
+    "split_portal_external_call_id",
 ]
+
+#: Between the enterprise number and the leg's id in a portal-wide ``EXTERNAL_CALL_ID``. An
+#: enterprise number never holds it (it is a path segment of the PBX webhook URL).
+EXTERNAL_CALL_ID_SEPARATOR = "/"
+
+
+def portal_external_call_id(enterprise_number: str, leg_external_call_id: str) -> str:
+    """The ``EXTERNAL_CALL_ID`` Bitrix24 sees: the leg's id, unique across enterprises.
+
+    The call model names a leg ``<linkedid>-<leg>``, unique within one PBX. Several
+    enterprises may share a portal and two PBXs do produce the same linkedid
+    (``1700000000.1``); Bitrix24 would then answer a register with the other enterprise's
+    ``CALL_ID`` (its 30-minute dedup includes ``EXTERNAL_CALL_ID``), so the enterprise
+    number goes first: ``<enterprise number>/<linkedid>-<leg>``.
+    """
+    return f"{enterprise_number}{EXTERNAL_CALL_ID_SEPARATOR}{leg_external_call_id}"
+
+
+def split_portal_external_call_id(value: str) -> tuple[str | None, str]:
+    """``(enterprise number, leg id)`` of an ``EXTERNAL_CALL_ID``; no number for an old one.
+
+    Legs registered before the ids were qualified carry the bare ``<linkedid>-<leg>``.
+    """
+    number, separator, rest = value.partition(EXTERNAL_CALL_ID_SEPARATOR)
+    if not separator or not number:
+        return None, value
+    return number, rest
 
 
 class CallType(IntEnum):

@@ -1,9 +1,10 @@
 """The storage side of the Bitrix24 dispatcher (``worker/dispatcher.py``).
 
 What the dispatcher reads before a request (which portals have work, the ``CALL_ID`` of each leg
-its commands name) and writes after it (the register's results into the call model, a
-``bitrix24_calls`` row per leg, the integration's status when its tokens are refused). Like every
-repository here it flushes and never commits.
+its commands name, the enterprise number that makes an ``EXTERNAL_CALL_ID`` unique) and writes
+after it (the register's results into the call model, a ``bitrix24_calls`` row per leg, the
+integration's status when its tokens are refused). Like every repository here it flushes and
+never commits.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from callbridge.storage.models import Bitrix24Call, Bitrix24Integration, IntegrationStatus, Job
+from callbridge.storage.models import (
+    Bitrix24Call,
+    Bitrix24Integration,
+    Enterprise,
+    IntegrationStatus,
+    Job,
+)
 from callbridge.storage.models import Call as CallRow
 from callbridge.storage.models import JobStatus as JobStatusEnum
 from callbridge.storage.types import utcnow
@@ -36,6 +43,14 @@ class LegUpdate:
     status_code: str | None = None
     duration: int | None = None
     finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Per call row: the known ``CALL_ID`` of each leg, and the enterprise's number."""
+
+    call_ids: dict[tuple[int, int], str]
+    enterprise_numbers: dict[int, str]
 
 
 class DispatchRepository:
@@ -63,33 +78,40 @@ class DispatchRepository:
         """The integration row (read afresh: another process may have changed its status)."""
         return await self.session.get(Bitrix24Integration, integration_id, populate_existing=True)
 
-    async def leg_call_ids(self, call_row_ids: Collection[int]) -> dict[tuple[int, int], str]:
-        """The known Bitrix24 ``CALL_ID`` of each leg of these calls, by (calls.id, leg)."""
+    async def call_context(self, call_row_ids: Collection[int]) -> CallContext:
+        """The known ``CALL_ID`` of each leg (by calls.id, leg) and the enterprise numbers."""
         if not call_row_ids:
-            return {}
+            return CallContext({}, {})
         rows = await self.session.execute(
-            select(CallRow.id, CallRow.model).where(CallRow.id.in_(sorted(call_row_ids)))
+            select(CallRow.id, CallRow.model, Enterprise.number)
+            .join(Enterprise, Enterprise.id == CallRow.enterprise_id)
+            .where(CallRow.id.in_(sorted(call_row_ids)))
         )
         found: dict[tuple[int, int], str] = {}
-        for row_id, model in rows:
+        numbers: dict[int, str] = {}
+        for row_id, model, number in rows:
+            numbers[row_id] = number
             for leg in (model or {}).get("legs", []):
                 call_id = leg.get("bitrix24_call_id")
                 if call_id:
                     found[(row_id, int(leg["number"]))] = str(call_id)
-        return found
+        return CallContext(found, numbers)
 
     async def save_legs(self, updates: Iterable[LegUpdate]) -> None:
         """Create or update the ``bitrix24_calls`` row of each leg (the call must be locked)."""
+        updates = list(updates)
         rows: dict[tuple[int, int], Bitrix24Call] = {}
+        if updates:
+            # One query for every leg of the request, not one per command.
+            found = await self.session.scalars(
+                select(Bitrix24Call).where(
+                    Bitrix24Call.call_id.in_(sorted({u.call_row_id for u in updates}))
+                )
+            )
+            rows = {(row.call_id, row.leg): row for row in found}
         for update in updates:
             key = (update.call_row_id, update.leg)
             row = rows.get(key)
-            if row is None:
-                row = await self.session.scalar(
-                    select(Bitrix24Call).where(
-                        Bitrix24Call.call_id == update.call_row_id, Bitrix24Call.leg == update.leg
-                    )
-                )
             if row is None:
                 row = Bitrix24Call(
                     call_id=update.call_row_id,

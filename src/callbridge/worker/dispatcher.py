@@ -1,41 +1,55 @@
 """The per-portal dispatcher: ``bitrix24.command`` jobs to Bitrix24, in order, batched, in budget.
 
-One *lane* per portal (integration) drains its ready jobs, one request at a time:
+One *lane* per portal (integration) claims, holds and sends its ready jobs, one request at a time:
 
 1. claim the portal's ready jobs with :meth:`JobQueue.claim_chains` (a call's register, show and
-   finish come together, so they can share a request), then take a slot of the portal's rate
-   budget; if that meant waiting, claim again what became ready meanwhile (up to 50). One ready
-   command goes at once, alone; several go as one ``batch``;
-2. a command names a leg: its ``CALL_ID`` is the one stored in the call model, or, when the leg's
-   register rides in the same batch, the reference ``$result[j<register job>][CALL_ID]``;
-3. write the results back (register's ``CALL_ID`` and CRM entity into the call model, a
+   finish come together, so they can share a request) and hold them;
+2. decide what goes now (:mod:`callbridge.worker.dispatch_policy`): a held ``register`` or
+   ``show`` goes at once, taking every held bulk command (``hide``, ``finish``,
+   ``attachRecord``) along as riders; bulk commands alone linger up to a second for company and
+   go only while the portal's bucket keeps a reserve of free slots for the next register. Then
+   take a slot of the portal's rate budget; if that meant waiting, claim what became ready
+   meanwhile and send it too. One command goes alone; several go as one ``batch``;
+3. a command names a leg: its ``CALL_ID`` is the one stored in the call model, or, when the leg's
+   register rides in the same batch, the reference ``$result[j<register job>][CALL_ID]``. A
+   register's ``EXTERNAL_CALL_ID`` is ``<enterprise number>/<linkedid>-<leg>``, unique across the
+   enterprises sharing a portal;
+4. write the results back (register's ``CALL_ID`` and CRM entity into the call model, a
    ``bitrix24_calls`` row per leg) and complete or fail the jobs, in one transaction. No
    transaction is open while Bitrix24 is called (SQLite has one writer; the client reads tokens in
    its own transactions).
 
 Batches run with ``halt=1``: the portal stops at the first failing command, so nothing after it,
 in particular no command of the same call, runs out of order. The failed job gets its own fate
-(per the retry policy); the jobs after it were not run and go back without spending an attempt.
+(per the retry policy); the jobs after it were not run and go back without spending an attempt,
+and so do the held commands of its call, which then wait behind it in the queue.
+
+Commands retried after a lost answer (at-least-once delivery) are idempotent: a second
+``register`` gets the same ``CALL_ID`` (Bitrix24 deduplicates on ``EXTERNAL_CALL_ID`` for 30
+minutes), ``hide`` of a finished call answers ``false``, and a ``finish`` answered "Call is not
+found" (:class:`CallNotFound`) for a ``CALL_ID`` Bitrix24 gave us is done: only a finish
+consumes a registration.
 
 What a failure of the whole request does, by the client's error class:
 
 - ``ReauthRequired``: the integration goes to ``needs_reauth`` (reason kept); its jobs go back
   untouched with ``last_error`` saying why, and no lane runs for it until it is ``active`` again;
-- ``RetryLater`` (503 ``QUERY_LIMIT_EXCEEDED``, 429): the portal pauses for ``retry_after``, the
+- ``OperationTimeLimit`` (429, alone or inside a batch): only that method is blocked for our app
+  (spec §5.2): the lane pauses that method until its ``operating_reset_at`` (else a minute), its
+  jobs go back for then without spending an attempt, and other methods keep flowing;
+- ``RetryLater`` (503 ``QUERY_LIMIT_EXCEEDED``): the portal pauses for ``retry_after``, the
   jobs go back for then, no attempt spent;
 - ``BackOff`` (5xx, network): the portal is down, not the jobs at fault: the lane pauses with
   exponential backoff (capped at a minute), the jobs go back without spending attempts, and after
   three failures in a row it probes with one command per request until one succeeds;
 - ``PortalGone``: the integration becomes ``portal_deleted``, the jobs die (kept, retryable);
-- ``CallNotFound`` answered to a ``finish`` (of a leg Bitrix24 gave us a ``CALL_ID`` for): the
-  call is not open any more because an earlier send of this finish went through and its answer
-  was lost (portal outage, killed worker); delivery is at-least-once, so the job is done;
 - another ``Permanent`` error of a batch: the commands are sent one by one for a while, so the
   culprit dies alone; of a single command: that job dies;
 - anything else: the retry policy decides, spending an attempt.
 
 Wake-ups: PostgreSQL ``NOTIFY``, a commit in this process that enqueued a command (all-in-one
-mode, either database), a lane's own progress, or the poll interval.
+mode, either database: it runs that portal's lane at once, with no look-up first), a lane's own
+progress, or the poll interval.
 """
 
 from __future__ import annotations
@@ -45,8 +59,8 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import Enum
 from typing import Any, Final
@@ -54,19 +68,29 @@ from typing import Any, Final
 import httpx
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from callbridge.config import Settings
 from callbridge.crm.bitrix24.auth import Credentials
 from callbridge.crm.bitrix24.client import BATCH_LIMIT, Bitrix24Client
-from callbridge.crm.bitrix24.errors import BackOff, CallNotFound, PortalGone, ReauthRequired
+from callbridge.crm.bitrix24.errors import (
+    BackOff,
+    CallNotFound,
+    OperationTimeLimit,
+    PortalGone,
+    QueryLimitExceeded,
+    ReauthRequired,
+)
 from callbridge.crm.bitrix24.rate_limit import RateLimiter, RatePlan
 from callbridge.domain.commands import (
     AttachRecord,
     Command,
     FinishCall,
+    HideCard,
     RegisterCall,
+    ShowCard,
     command_from_dict,
+    portal_external_call_id,
 )
 from callbridge.domain.errors import (
     CallStateError,
@@ -77,10 +101,11 @@ from callbridge.domain.errors import (
 from callbridge.portals import Portals, running_portals
 from callbridge.services.call_tracking import BITRIX24_COMMAND_JOB
 from callbridge.storage.crypto import SecretBox
-from callbridge.storage.dispatch import DispatchRepository, LegUpdate
+from callbridge.storage.dispatch import CallContext, DispatchRepository, LegUpdate
 from callbridge.storage.job_queue import ClaimedJob, JobQueue, list_jobs, listen_for_jobs
 from callbridge.storage.models import Bitrix24Integration, IntegrationStatus, Job
 from callbridge.storage.repositories.calls import CallRepository
+from callbridge.worker.dispatch_policy import BucketMirror, Decision, Held, Tuning, decide
 from callbridge.worker.retry import RetryPolicy
 
 __all__ = ["DISPATCHER_KIND", "Dispatcher", "LegNotRegisteredError"]
@@ -95,6 +120,10 @@ MAX_PORTAL_BACKOFF: Final = 60.0
 ISOLATION_ROUNDS: Final = 50
 # Below this, waiting for a rate-budget slot is noise, not a reason to look for more jobs.
 _TOPUP_AFTER_WAIT: Final = 0.002
+# The Bitrix24 method of each command kind (for per-method pauses).
+_METHODS: Final = {
+    cls.name: cls.method for cls in (RegisterCall, ShowCard, HideCard, FinishCall, AttachRecord)
+}
 
 
 class LegNotRegisteredError(Permanent):
@@ -153,12 +182,23 @@ class _Lane:
     """A portal's dispatch state in this process."""
 
     task: asyncio.Task[None] | None = None
-    #: Set when work was seen while the lane ran: it looks once more before ending.
+    #: Set when work was seen while the lane ran: it claims again before deciding.
     kick: bool = False
+    event: asyncio.Event = field(default_factory=asyncio.Event)
     paused_until: float = 0.0  # time.monotonic()
     failures: int = 0
     isolate_rounds: int = 0
     reauth: bool = False
+    #: Claimed commands not sent yet (lingering bulk commands, or waiting for a slot).
+    held: dict[int, tuple[ClaimedJob, Held]] = field(default_factory=dict)
+    #: What the claims told about the held commands' calls: leg CALL_IDs, enterprise numbers.
+    known: dict[tuple[int, int], str] = field(default_factory=dict)
+    numbers: dict[int, str] = field(default_factory=dict)
+    #: Methods blocked by OPERATION_TIME_LIMIT (lower-cased) → monotonic time they may run.
+    paused_methods: dict[str, float] = field(default_factory=dict)
+    #: ``time.operating_reset_at`` per lower-cased method, as the portal last reported it.
+    operating_reset_at: dict[str, float] = field(default_factory=dict)
+    mirror: BucketMirror | None = None
 
 
 class _Prepaid:
@@ -191,14 +231,34 @@ def _after_flush(session: Session, _context: Any) -> None:
     # ``session.new`` still lists what this flush inserted.
     for obj in session.new:
         if isinstance(obj, Job) and obj.kind == DISPATCHER_KIND:
-            session.info[_ENQUEUED_KEY] = True
-            return
+            portals: set[int | None] = session.info.setdefault(_ENQUEUED_KEY, set())
+            portals.add(obj.integration_id)
+
+
+def _on_execute(state: ORMExecuteState) -> None:
+    # Jobs enqueued in bulk (``JobQueue.enqueue_many``) are a Core INSERT: no flush sees them.
+    if not state.is_insert:
+        return
+    table = getattr(state.statement, "table", None)
+    if getattr(table, "name", None) != Job.__tablename__:
+        return
+    params = state.parameters
+    rows: list[Mapping[str, Any]] = []
+    if isinstance(params, Mapping):
+        rows = [params]
+    elif isinstance(params, Sequence):
+        rows = list(params)
+    ids = {row.get("integration_id") for row in rows if row.get("kind") == DISPATCHER_KIND}
+    if ids:
+        portals: set[int | None] = state.session.info.setdefault(_ENQUEUED_KEY, set())
+        portals |= ids
 
 
 def _after_commit(session: Session) -> None:
-    if session.info.pop(_ENQUEUED_KEY, False):
+    portals: set[int | None] | None = session.info.pop(_ENQUEUED_KEY, None)
+    if portals:
         for dispatcher in list(_listening):
-            dispatcher.wake_threadsafe()
+            dispatcher.wake_threadsafe(portals)
 
 
 def _after_rollback(session: Session) -> None:
@@ -211,6 +271,7 @@ def _hook_commits() -> None:
     if _hooked:
         return
     event.listen(Session, "after_flush", _after_flush)
+    event.listen(Session, "do_orm_execute", _on_execute)
     event.listen(Session, "after_commit", _after_commit)
     event.listen(Session, "after_rollback", _after_rollback)
     _hooked = True
@@ -248,6 +309,7 @@ class Dispatcher:
         retry_policy: RetryPolicy | None = None,
         batching: bool | None = None,
         max_batch: int = BATCH_LIMIT,
+        tuning: Tuning | None = None,
         poll_interval: float | None = None,
         shutdown_timeout: float | None = None,
         listen_url: str | None = None,
@@ -259,6 +321,7 @@ class Dispatcher:
         self.retry_policy = retry_policy or RetryPolicy()
         self.batching = settings.dispatcher_batching if batching is None else batching
         self.max_batch = max(1, min(max_batch, BATCH_LIMIT))
+        self.tuning = replace(tuning or Tuning(), max_batch=self.max_batch)
         self.poll_interval = poll_interval or settings.worker_poll_interval_seconds
         self.shutdown_timeout = (
             settings.worker_shutdown_timeout_seconds
@@ -272,6 +335,9 @@ class Dispatcher:
         self._lanes: dict[int, _Lane] = {}
         self._in_flight: dict[int, ClaimedJob] = {}
         self._wakeup = asyncio.Event()
+        #: Portals with new jobs (from a commit), and whether to look for every ready portal.
+        self._nudged: set[int] = set()
+        self._rescan = True
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Requests sent and commands in them (for benchmarks and tests).
@@ -282,10 +348,24 @@ class Dispatcher:
 
     def wake(self) -> None:
         """Look for ready jobs now."""
+        self._rescan = True
         self._wakeup.set()
 
-    def wake_threadsafe(self) -> None:
-        """:meth:`wake` from any thread (SQLAlchemy's commit hook runs in the loop's thread)."""
+    def nudge(self, integration_ids: Iterable[int | None]) -> None:
+        """These portals have new jobs: run their lanes now, without looking for others.
+
+        Skipping the look-up saves a database round trip between a commit and the request it
+        implies: the register of a ringing call.
+        """
+        ids = {integration_id for integration_id in integration_ids if integration_id}
+        if not ids:
+            self.wake()
+            return
+        self._nudged |= ids
+        self._wakeup.set()
+
+    def wake_threadsafe(self, integration_ids: Iterable[int | None] | None = None) -> None:
+        """:meth:`wake` (or :meth:`nudge`) from any thread (the commit hook runs anywhere)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -293,10 +373,13 @@ class Dispatcher:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
+        ids = list(integration_ids) if integration_ids is not None else None
         if running is loop:
-            self._wakeup.set()
+            self.wake() if ids is None else self.nudge(ids)
+        elif ids is None:
+            loop.call_soon_threadsafe(self.wake)
         else:
-            loop.call_soon_threadsafe(self._wakeup.set)
+            loop.call_soon_threadsafe(self.nudge, ids)
 
     async def run(self) -> None:
         """Dispatch until cancelled; then let running requests finish and record them."""
@@ -315,12 +398,21 @@ class Dispatcher:
             try:
                 while not self._stopping:
                     self._wakeup.clear()
-                    await self._schedule()
-                    with contextlib.suppress(TimeoutError):
+                    nudged, self._nudged = self._nudged, set()
+                    rescan, self._rescan = self._rescan, False
+                    if nudged:
+                        self._start_lanes(sorted(nudged))
+                    if rescan or not nudged:
+                        await self._schedule()
+                    try:
                         await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+                    except TimeoutError:
+                        self._rescan = True
             finally:
                 self._stopping = True
                 _listening.discard(self)
+                for lane in self._lanes.values():
+                    lane.event.set()  # lingering lanes give their commands back now
                 # Shielded: a cancelled side task still lets requests in flight be recorded.
                 await asyncio.shield(self._stop_lanes())
                 for helper in helpers:
@@ -365,13 +457,18 @@ class Dispatcher:
         except Exception:
             logger.exception("dispatcher: cannot look for ready jobs; trying again")
             return
+        self._start_lanes(ready)
+
+    def _start_lanes(self, integration_ids: Iterable[int]) -> None:
+        """Run (or kick) the lane of each of these portals, unless it is paused."""
         now = time.monotonic()
-        for integration_id in ready:
+        for integration_id in integration_ids:
             lane = self._lanes.setdefault(integration_id, _Lane())
             if lane.paused_until > now:
                 continue
             if lane.task is not None and not lane.task.done():
                 lane.kick = True
+                lane.event.set()
                 continue
             lane.kick = False
             lane.task = asyncio.create_task(
@@ -389,50 +486,201 @@ class Dispatcher:
 
     async def _run_lane(self, integration_id: int, lane: _Lane) -> None:
         try:
-            while not self._stopping and lane.paused_until <= time.monotonic():
-                lane.kick = False
-                if not await self._round(integration_id, lane) and not lane.kick:
-                    return
+            await self._drive(integration_id, lane)
         except Exception:
             logger.exception("dispatcher: portal %s failed; pausing it briefly", integration_id)
             lane.paused_until = time.monotonic() + 5.0
+            with contextlib.suppress(Exception):
+                await self._release(lane, list(lane.held), "dispatcher error", delay=5.0)
         finally:
+            if self._stopping and lane.held:
+                with contextlib.suppress(Exception):
+                    await self._release(lane, list(lane.held), "the dispatcher stopped")
             # Whatever it finished may unblock the next job of a call (or another portal's).
-            self._wakeup.set()
+            self.wake()
 
-    # -- one request ---------------------------------------------------------------------------
+    # -- one lane ------------------------------------------------------------------------------
 
-    async def _round(self, integration_id: int, lane: _Lane) -> bool:
-        """Claim, send and record one request's worth; False when nothing was ready."""
-        async with self.session_factory() as session:
-            row = await DispatchRepository(session).integration(integration_id)
-        if row is None or row.status != IntegrationStatus.ACTIVE.value:
-            return False
-        portals = self._portals_for(row, lane)
-        credentials = portals.credentials_for(row)
-        limit = self.max_batch if self.batching and lane.isolate_rounds <= 0 else 1
-        jobs, known = await self._claim(integration_id, limit, ())
-        if not jobs:
-            return False
-        try:
-            waited = await portals.limiter.acquire(credentials.key, credentials.plan)
-            if waited > _TOPUP_AFTER_WAIT and len(jobs) < limit:
-                # The request could not go at once: take along what became ready meanwhile.
-                more, more_known = await self._claim(
-                    integration_id, limit - len(jobs), [job.id for job in jobs]
+    async def _drive(self, integration_id: int, lane: _Lane) -> None:
+        """Claim, hold and send a portal's commands until nothing is ready or held."""
+        claim = True
+        row: Bitrix24Integration | None = None
+        while not self._stopping:
+            now = time.monotonic()
+            if lane.paused_until > now:
+                await self._release(
+                    lane, list(lane.held), "portal paused", delay=lane.paused_until - now
                 )
-                jobs = sorted([*jobs, *more], key=lambda job: job.id)
-                known.update(more_known)
-            plans = self._plan(jobs, known)
+                return
+            if claim or lane.kick:
+                claim = lane.kick = False
+                lane.event.clear()
+                row = await self._claim_into(integration_id, lane)
+                if row is None:
+                    await self._release(lane, list(lane.held), "the integration is not active")
+                    return
+            if not lane.held:
+                return
+            assert row is not None  # read by the first claim
+            portals = self._portals_for(row, lane)
+            credentials = portals.credentials_for(row)
+            decision = self._decide(lane, credentials.plan, time.monotonic())
+            if decision.release:
+                await self._release_paused(lane, decision.release)
+            if not decision.send:
+                if not lane.held:
+                    claim = True
+                    continue
+                timeout = None
+                if decision.wake_at is not None:
+                    timeout = max(0.0, decision.wake_at - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lane.event.wait(), timeout)
+                continue
+            await self._send_decided(integration_id, row, portals, credentials, lane, decision)
+            claim = True
+
+    def _tuning(self, lane: _Lane) -> Tuning:
+        if not self.batching or lane.isolate_rounds > 0:
+            return replace(self.tuning, max_batch=1)
+        return self.tuning
+
+    def _decide(self, lane: _Lane, plan: RatePlan, now: float) -> Decision:
+        mirror = lane.mirror
+        if mirror is None:
+            target = plan.client_side()
+            mirror = lane.mirror = BucketMirror(target.capacity, target.rate)
+        tuning = self._tuning(lane)
+        return decide(
+            [held for _job, held in lane.held.values()],
+            now,
+            mirror.free(now),
+            tuning,
+            lane.paused_methods,
+            refill_at=now + mirror.time_until_free(tuning.reserve, now),
+        )
+
+    async def _claim_into(self, integration_id: int, lane: _Lane) -> Bitrix24Integration | None:
+        """Claim what is ready (after what the lane holds) and hold it; None if not active."""
+        # Room for one request's worth beyond a full one: a register that turns up while bulk
+        # commands wait for the reserve still gets claimed.
+        room = 2 * self._tuning(lane).max_batch - len(lane.held)
+        row, jobs, context = await self._claim(integration_id, room, list(lane.held))
+        if row is None:
+            return None
+        now = time.monotonic()
+        for job in jobs:
+            command = job.payload.get("command") or {}
+            kind = str(command.get("kind") or "")
+            method = _METHODS.get(kind, kind)
+            key = job.ordering_key or f"job:{job.id}"
+            lane.held[job.id] = (job, Held(job.id, key, kind, method, now))
+        lane.known.update(context.call_ids)
+        lane.numbers.update(context.enterprise_numbers)
+        return row
+
+    async def _send_decided(
+        self,
+        integration_id: int,
+        row: Bitrix24Integration,
+        portals: Portals,
+        credentials: Credentials,
+        lane: _Lane,
+        decision: Decision,
+    ) -> None:
+        """Take a slot, send the decided commands as one request, record the outcome."""
+        waited = await portals.limiter.acquire(credentials.key, credentials.plan)
+        if decision.critical and waited > _TOPUP_AFTER_WAIT:
+            # The request could not go at once: take along what became ready meanwhile.
+            if await self._claim_into(integration_id, lane) is None:
+                return
+            again = self._decide(lane, credentials.plan, time.monotonic())
+            if again.release:
+                await self._release_paused(lane, again.release)
+            if again.send:
+                decision = again
+        send = [job_id for job_id in decision.send if job_id in lane.held]
+        if lane.mirror is not None:
+            lane.mirror.take(time.monotonic())
+        jobs = [lane.held.pop(job_id)[0] for job_id in send]
+        try:
+            plans = self._plan(jobs, lane.known, lane.numbers)
             client = self._client(portals, credentials)
+            client.operating_reset_at.update(lane.operating_reset_at)
             outcomes = await self._send(client, plans, lane)
+            lane.operating_reset_at.update(client.operating_reset_at)
+            for plan in plans:
+                outcome = outcomes[plan.job.id]
+                result = outcome.result or {}
+                if (
+                    isinstance(plan.command, RegisterCall)
+                    and outcome.fate is _Fate.DONE
+                    and result.get("CALL_ID")
+                ):
+                    lane.known[(plan.call_row_id, plan.command.leg)] = str(result["CALL_ID"])
             await self._record(integration_id, row, lane, plans, outcomes)
         finally:
             for job in jobs:
                 self._in_flight.pop(job.id, None)
+        # A command that did not get through is back in the queue (or dead): the later commands
+        # of its call wait behind it there, never here, where they could overtake it.
+        stuck = {job.ordering_key for job in jobs if outcomes[job.id].fate is not _Fate.DONE}
+        followers = [job_id for job_id, (_job, held) in lane.held.items() if held.key in stuck]
+        if followers:
+            await self._release(lane, followers, "waiting behind an earlier command of its call")
         if lane.isolate_rounds > 0:
             lane.isolate_rounds -= 1
-        return True
+        # Forget what no held command needs any more.
+        calls = {job.call_id for job, _held in lane.held.values()}
+        lane.known = {k: v for k, v in lane.known.items() if k[0] in calls}
+        lane.numbers = {k: v for k, v in lane.numbers.items() if k in calls}
+
+    async def _release_paused(self, lane: _Lane, job_ids: Sequence[int]) -> None:
+        """Give back commands whose method is paused (and the later ones of their calls)."""
+        now = time.monotonic()
+        by_delay: dict[float, list[int]] = {}
+        for job_id in job_ids:
+            entry = lane.held.get(job_id)
+            if entry is None:
+                continue
+            until = lane.paused_methods.get(entry[1].method.lower(), now)
+            # The later commands of a paused call wait behind it in the queue anyway.
+            by_delay.setdefault(max(0.0, until - now), []).append(job_id)
+        for delay, ids in by_delay.items():
+            await self._release(
+                lane, ids, "waiting: its method is blocked (OPERATION_TIME_LIMIT)", delay=delay
+            )
+
+    async def _release(
+        self, lane: _Lane, job_ids: Sequence[int], note: str, *, delay: float = 0.0
+    ) -> None:
+        """Give held commands back to the queue without spending an attempt."""
+        jobs = [lane.held.pop(job_id)[0] for job_id in job_ids if job_id in lane.held]
+        if not jobs:
+            return
+        retry_at = self.queue.now() + timedelta(seconds=max(0.0, delay))
+        try:
+            try:
+                async with self.session_factory() as session:
+                    for job in jobs:
+                        await self.queue.fail(
+                            session, job, note, retry_at=retry_at, spend_attempt=False
+                        )
+                    await session.commit()
+            except LeaseLostError:
+                # One lease was taken over: give the others back one by one.
+                for job in jobs:
+                    try:
+                        async with self.session_factory() as session:
+                            await self.queue.fail(
+                                session, job, note, retry_at=retry_at, spend_attempt=False
+                            )
+                            await session.commit()
+                    except LeaseLostError as err:
+                        logger.warning("dispatcher: %s; not given back", err)
+        finally:
+            for job in jobs:
+                self._in_flight.pop(job.id, None)
 
     def _portals_for(self, row: Bitrix24Integration, lane: _Lane) -> Portals:
         portals = self._portals
@@ -462,8 +710,16 @@ class Dispatcher:
 
     async def _claim(
         self, integration_id: int, limit: int, holding: Sequence[int]
-    ) -> tuple[list[ClaimedJob], dict[tuple[int, int], str]]:
+    ) -> tuple[Bitrix24Integration | None, list[ClaimedJob], CallContext]:
+        """The integration (None unless active) and its ready jobs, in one transaction."""
         async with self.session_factory() as session:
+            repo = DispatchRepository(session)
+            # Read afresh each time: another process may have paused it.
+            row = await repo.integration(integration_id)
+            if row is None or row.status != IntegrationStatus.ACTIVE.value or limit <= 0:
+                await session.commit()
+                active = row is not None and row.status == IntegrationStatus.ACTIVE.value
+                return (row if active else None), [], CallContext({}, {})
             jobs = await self.queue.claim_chains(
                 session,
                 self.name,
@@ -473,27 +729,35 @@ class Dispatcher:
                 holding=holding,
             )
             call_rows = {job.call_id for job in jobs if job.call_id is not None}
-            known = await DispatchRepository(session).leg_call_ids(call_rows)
+            context = await repo.call_context(call_rows)
             await session.commit()
         for job in jobs:
             self._in_flight[job.id] = job
-        return jobs, known
+        return row, jobs, context
 
     def _plan(
-        self, jobs: Sequence[ClaimedJob], known: Mapping[tuple[int, int], str]
+        self,
+        jobs: Sequence[ClaimedJob],
+        known: Mapping[tuple[int, int], str],
+        numbers: Mapping[int, str],
     ) -> list[_Planned]:
         plans: list[_Planned] = []
         registers: dict[tuple[int, int], str] = {}
         for job in jobs:
             payload = job.payload
+            call_row_id = int(payload.get("call_id") or job.call_id or 0)
+            external_call_id = str(payload.get("external_call_id") or "")
+            number = numbers.get(call_row_id)
+            if number and external_call_id:
+                external_call_id = portal_external_call_id(number, external_call_id)
             plan = _Planned(
                 job=job,
                 name=f"j{job.id}",
-                call_row_id=int(payload.get("call_id") or job.call_id or 0),
+                call_row_id=call_row_id,
                 enterprise_id=int(payload.get("enterprise_id") or 0),
                 linkedid=str(payload.get("linkedid") or ""),
                 leg=int(payload.get("leg") or 0),
-                external_call_id=str(payload.get("external_call_id") or ""),
+                external_call_id=external_call_id,
             )
             plans.append(plan)
             try:
@@ -505,6 +769,8 @@ class Dispatcher:
             key = (plan.call_row_id, command.leg)
             plan.params = command.to_params()
             if isinstance(command, RegisterCall):
+                # Unique across the enterprises sharing the portal (see portal_external_call_id).
+                plan.params["EXTERNAL_CALL_ID"] = plan.external_call_id or command.external_call_id
                 if key in known:
                     # Never register a leg twice: its CALL_ID is already stored.
                     plan.ready = {"CALL_ID": known[key], "already_registered": True}
@@ -544,8 +810,12 @@ class Dispatcher:
             if len(sendable) == 1:
                 (plan,) = sendable
                 assert plan.command is not None
-                value = await client.call(plan.command.method, plan.params)
-                outcomes[plan.job.id] = _Outcome(_Fate.DONE, _as_result(value))
+                try:
+                    value = await client.call(plan.command.method, plan.params)
+                except (CallNotFound, OperationTimeLimit) as err:
+                    outcomes[plan.job.id] = self._command_failed(plan, err, lane)
+                else:
+                    outcomes[plan.job.id] = _Outcome(_Fate.DONE, _as_result(value))
             else:
                 batch = await client.batch(
                     {
@@ -557,8 +827,8 @@ class Dispatcher:
                 )
                 for plan in sendable:
                     if plan.name in batch.errors:
-                        outcomes[plan.job.id] = _Outcome(
-                            _Fate.FAILED, error=batch.errors[plan.name]
+                        outcomes[plan.job.id] = self._command_failed(
+                            plan, batch.errors[plan.name], lane
                         )
                     elif plan.name in batch.results:
                         outcomes[plan.job.id] = _Outcome(
@@ -570,9 +840,41 @@ class Dispatcher:
                         )
         except Exception as err:  # noqa: BLE001 - every failure is classified below
             outcomes.update(self._request_failed(err, sendable, lane))
-            return _finished_before(sendable, outcomes)
+            return outcomes
         lane.failures = 0
-        return _finished_before(sendable, outcomes)
+        return outcomes
+
+    def _command_failed(self, plan: _Planned, err: Exception, lane: _Lane) -> _Outcome:
+        """The fate of one command Bitrix24 refused (alone or in a batch)."""
+        if isinstance(plan.command, FinishCall) and isinstance(err, CallNotFound):
+            # Its CALL_ID is one Bitrix24 gave us, and only a finish consumes a registration:
+            # an earlier try of this finish got through and its answer was lost (at-least-once
+            # delivery). The call is finished; retrying cannot change that.
+            logger.info(
+                "dispatcher: job %d: Bitrix24 has call %s finished already",
+                plan.job.id,
+                plan.params.get("CALL_ID"),
+            )
+            return _Outcome(_Fate.DONE, {"already_finished": True})
+        if isinstance(err, OperationTimeLimit) and plan.command is not None:
+            # Only this method is blocked for this app (spec §5.2): pause it, not the portal.
+            method = plan.command.method.lower()
+            delay = self._operating_delay(err, method, lane)
+            lane.paused_methods[method] = time.monotonic() + delay
+            logger.warning(
+                "dispatcher: %s is blocked (OPERATION_TIME_LIMIT); pausing it %.0fs",
+                plan.command.method,
+                delay,
+            )
+            return _Outcome(_Fate.NOT_RUN, error=err, delay=delay, note=f"method paused: {err}")
+        return _Outcome(_Fate.FAILED, error=err)
+
+    @staticmethod
+    def _operating_delay(err: OperationTimeLimit, method: str, lane: _Lane) -> float:
+        reset_at = err.reset_at or lane.operating_reset_at.get(method)
+        if reset_at is not None:
+            return max(1.0, reset_at - time.time())
+        return max(1.0, err.retry_after or OperationTimeLimit.default_retry_after or 60.0)
 
     def _request_failed(
         self, err: Exception, sendable: Sequence[_Planned], lane: _Lane
@@ -593,6 +895,8 @@ class Dispatcher:
         if isinstance(err, RetryLater):
             delay = max(err.retry_after or 0.0, 0.5)
             lane.paused_until = now + delay
+            if isinstance(err, QueryLimitExceeded) and lane.mirror is not None:
+                lane.mirror.fill(now)
             return every(
                 _Outcome(_Fate.NOT_RUN, error=err, delay=delay, note=f"backing off: {err}")
             )
@@ -766,29 +1070,6 @@ class Dispatcher:
                     await session.commit()
             except Exception:
                 logger.exception("dispatcher: lease heartbeat failed")
-
-
-def _finished_before(
-    sendable: Sequence[_Planned], outcomes: dict[int, _Outcome]
-) -> dict[int, _Outcome]:
-    """A finish refused as "Call is not found" was delivered before: its answer was lost."""
-    for plan in sendable:
-        outcome = outcomes.get(plan.job.id)
-        if (
-            outcome is not None
-            and outcome.fate is _Fate.FAILED
-            and isinstance(plan.command, FinishCall)
-            and isinstance(outcome.error, CallNotFound)
-        ):
-            logger.warning(
-                "dispatcher: job %d: call %s leg %d was already finished in Bitrix24 "
-                "(an earlier finish went through, its answer was lost)",
-                plan.job.id,
-                plan.linkedid,
-                plan.leg,
-            )
-            outcomes[plan.job.id] = _Outcome(_Fate.DONE, {"already_finished": True})
-    return outcomes
 
 
 def _as_result(value: Any) -> dict[str, Any]:

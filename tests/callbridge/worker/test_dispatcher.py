@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from callbridge.domain.commands import split_portal_external_call_id
+from callbridge.domain.ports import NewJob
 from callbridge.storage.job_queue import JobQueue
-from callbridge.storage.models import Bitrix24User, Job, JobStatus
-from tests.e2e.test_calls_e2e import Env, environment, ev, inbound_answered
+from callbridge.storage.models import (
+    Bitrix24Call,
+    Bitrix24Integration,
+    Bitrix24User,
+    Enterprise,
+    Job,
+    JobStatus,
+)
+from callbridge.worker.dispatcher import DISPATCHER_KIND, _hook_commits, _listening
+from tests.e2e.test_calls_e2e import KNOWN_CALLER, Env, environment, ev, inbound_answered
 
 
 async def ids(queue: JobQueue, session: AsyncSession, **kw: object) -> list[int]:
@@ -144,3 +156,259 @@ class TestAnswerLost:
         call = (await env.calls())[f"{linkedid}-0"]
         assert call["state"] == "finished"
         assert call["STATUS_CODE"] == "200"
+
+
+class LoseAnswer(httpx.AsyncBaseTransport):
+    """Passes requests on, but loses the answer to the first one that calls ``method``.
+
+    The portal has applied the request; callbridge sees a dropped connection (at-least-once
+    delivery then sends it again).
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, method: str) -> None:
+        self.inner = inner
+        self.method = method
+        self.lost = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        rest = request.url.path.startswith("/rest")
+        names = self.method in request.url.path or self.method in request.content.decode()
+        if rest and names and not self.lost:
+            await response.aread()
+            self.lost += 1
+            raise httpx.ReadError("connection reset after the portal answered", request=request)
+        return response
+
+
+async def wait_for_jobs(env: Env, done: Callable[[list[Job]], bool], seconds: float = 15.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if done(await env.jobs()):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"jobs never settled: {[(j.id, j.status) for j in await env.jobs()]}")
+
+
+class TestLostAnswers:
+    """A command Bitrix24 applied but whose answer was lost is sent again, and counts as done."""
+
+    @pytest.mark.parametrize(
+        "method",
+        [
+            "telephony.externalCall.register",
+            "telephony.externalCall.hide",
+            "telephony.externalCall.finish",
+        ],
+    )
+    async def test_the_retry_finds_it_done_and_the_call_ends_once(
+        self, fresh_database_url: str, tmp_path: Path, method: str
+    ) -> None:
+        lose: list[LoseAnswer] = []
+
+        def wrap(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+            lose.append(LoseAnswer(inner, method))
+            return lose[0]
+
+        linkedid = "1764170000.1"
+        async with environment(fresh_database_url, tmp_path, wrap_transport=wrap) as env:
+            # One event at a time, so that each command goes in a request of its own.
+            steps = [
+                ev(
+                    "call.started",
+                    linkedid,
+                    1,
+                    0,
+                    direction="inbound",
+                    external_number=KNOWN_CALLER,
+                ),
+                ev("call.ringing", linkedid, 2, 1, extensions=["101", "102"]),
+                ev("call.answered", linkedid, 3, 5, extension="102"),
+                ev("call.ended", linkedid, 4, 35, disposition="answered", talk_seconds=30),
+            ]
+            for step in steps:
+                await env.post(step)
+                await env.settle(20)
+            assert lose[0].lost == 1
+            jobs = await env.jobs()
+            assert [j.payload["command"]["kind"] for j in jobs] == [
+                "register",
+                "show",
+                "hide",
+                "finish",
+            ]
+            assert {j.status for j in jobs} == {JobStatus.SUCCEEDED}
+            portal = [c for c in (await env.calls()).values() if c["PHONE_NUMBER"]]
+            # Registered once (the retried register got the same CALL_ID), finished once.
+            assert len(portal) == 1
+            (call,) = portal
+            assert (call["state"], call["STATUS_CODE"], call["DURATION"]) == ("finished", "200", 30)
+            assert 1 in call["cards_hidden"]
+            finish = jobs[3]
+            if method.endswith("finish"):
+                assert finish.result == {"already_finished": True}
+            async with env.h.session_factory() as session:
+                leg = (await session.scalars(select(Bitrix24Call))).one()
+            assert (leg.bitrix24_call_id, leg.status) == (call["CALL_ID"], "finished")
+
+
+class TestOperationTimeLimit:
+    async def test_a_blocked_method_pauses_alone_and_the_others_keep_flowing(
+        self, env: Env
+    ) -> None:
+        # One finish uses up the method's execution-time budget (480 s per 10 minutes).
+        env.h.emulator.config.method_costs["telephony.externalcall.finish"] = 500.0
+        await env.post(*inbound_answered("1764180000.1"))
+        await env.settle()
+        await env.post(*inbound_answered("1764180000.2"))
+        await wait_for_jobs(
+            env,
+            lambda jobs: any(
+                j.payload["linkedid"] == "1764180000.2"
+                and j.payload["command"]["kind"] == "finish"
+                and j.status == JobStatus.QUEUED
+                and j.last_error
+                for j in jobs
+            ),
+        )
+        # Registers still go: the portal is not paused, only the finish method.
+        await env.post(inbound_answered("1764180000.3")[0])
+        await wait_for_jobs(
+            env,
+            lambda jobs: any(
+                j.payload["linkedid"] == "1764180000.3" and j.status == JobStatus.SUCCEEDED
+                for j in jobs
+            ),
+            seconds=5.0,
+        )
+        finish = next(
+            j
+            for j in await env.jobs()
+            if j.payload["linkedid"] == "1764180000.2" and j.payload["command"]["kind"] == "finish"
+        )
+        assert finish.status == JobStatus.QUEUED
+        assert finish.attempts == 0
+        assert finish.last_error is not None
+        assert "OPERATION_TIME_LIMIT" in finish.last_error
+        # It waits for the method's budget (its reset time unknown here: a minute, the shortest
+        # wait that can help), not for the portal's backoff of a second or two.
+        assert finish.run_after is not None
+        wait = finish.run_after.replace(tzinfo=UTC) - datetime.now(UTC)
+        assert wait > timedelta(seconds=45)
+        finishes = [
+            r
+            for r in await env.rest_requests()
+            if "finish" in str(r.get("method")) or "finish" in str(r.get("batch"))
+        ]
+        # Sent twice: the first finish, then the refused one; no retry loop.
+        assert len(finishes) == 2
+        calls = await env.calls()
+        assert calls["1764180000.2-0"]["state"] == "registered"
+        assert calls["1764180000.3-0"]["state"] == "registered"
+
+
+class TestExternalCallIds:
+    async def test_two_enterprises_with_the_same_linkedid_on_one_portal_stay_apart(
+        self, env: Env
+    ) -> None:
+        other_token = "pbx-token-other-0123456789"
+        async with env.h.session_factory() as session, session.begin():
+            first = await env.h.integration()
+            assert first is not None
+            enterprise = Enterprise(number="200", webhook_secret_enc=env.h.box.encrypt(other_token))
+            session.add(enterprise)
+            await session.flush()
+            # The same portal, reached with the same app's tokens, for a second PBX.
+            second = Bitrix24Integration(
+                enterprise_id=enterprise.id,
+                member_id=f"{first.member_id}-second",
+                domain=first.domain,
+                client_endpoint=first.client_endpoint,
+                server_endpoint=first.server_endpoint,
+                access_token_enc=first.access_token_enc,
+                refresh_token_enc=first.refresh_token_enc,
+                expires_at=first.expires_at,
+                application_token_enc=first.application_token_enc,
+                scope=first.scope,
+                settings=dict(first.settings),
+            )
+            session.add(second)
+            await session.flush()
+            session.add(Bitrix24User(integration_id=second.id, user_id=1, extension="101"))
+        linkedid = "1700000000.1"
+        await env.post(*inbound_answered(linkedid))
+        response = await env.h.callbridge_http.post(
+            f"/pbx/{enterprise.number}/events",
+            json=inbound_answered(linkedid, talk=7),
+            headers={"Authorization": f"Bearer {other_token}"},
+        )
+        assert response.status_code == 202, response.text
+        await env.settle()
+
+        portal = (await env.h.emulator_http.get("/_emulator/calls")).json()
+        ours = {
+            c["EXTERNAL_CALL_ID"]: c for c in portal if linkedid in (c["EXTERNAL_CALL_ID"] or "")
+        }
+        assert sorted(ours) == [f"100/{linkedid}-0", f"200/{linkedid}-0"]
+        # Two registrations (no dedup onto the other PBX's call), each finished with its own talk.
+        assert ours[f"100/{linkedid}-0"]["CALL_ID"] != ours[f"200/{linkedid}-0"]["CALL_ID"]
+        assert (ours[f"100/{linkedid}-0"]["state"], ours[f"100/{linkedid}-0"]["DURATION"]) == (
+            "finished",
+            42,
+        )
+        assert (ours[f"200/{linkedid}-0"]["state"], ours[f"200/{linkedid}-0"]["DURATION"]) == (
+            "finished",
+            7,
+        )
+        async with env.h.session_factory() as session:
+            legs = (await session.scalars(select(Bitrix24Call))).all()
+        assert sorted(leg.external_call_id for leg in legs) == sorted(ours)
+        assert {j.status for j in await env.jobs()} == {JobStatus.SUCCEEDED}
+        for value in ours:
+            assert split_portal_external_call_id(value) == (value[:3], f"{linkedid}-0")
+        assert split_portal_external_call_id(f"{linkedid}-0") == (None, f"{linkedid}-0")
+
+    async def test_a_leg_registered_before_ids_were_qualified_keeps_its_id(self, env: Env) -> None:
+        linkedid = "1764190000.1"
+        events = inbound_answered(linkedid)
+        await env.post(*events[:2])
+        await env.settle()
+        # As stored by an earlier version: the bare leg id.
+        async with env.h.session_factory() as session, session.begin():
+            leg = (await session.scalars(select(Bitrix24Call))).one()
+            leg.external_call_id = f"{linkedid}-0"
+        await env.post(*events[2:])
+        await env.settle()
+        async with env.h.session_factory() as session:
+            leg = (await session.scalars(select(Bitrix24Call))).one()
+        assert (leg.external_call_id, leg.status, leg.duration) == (f"{linkedid}-0", "finished", 42)
+        assert (await env.calls())[f"{linkedid}-0"]["state"] == "finished"
+
+
+class Recorder:
+    """Stands in for a running dispatcher: what the commit hook tells it."""
+
+    def __init__(self) -> None:
+        self.told: list[set[int | None]] = []
+
+    def wake_threadsafe(self, integration_ids: set[int | None] | None = None) -> None:
+        self.told.append(set(integration_ids or ()))
+
+
+class TestCommitWakeUps:
+    async def test_jobs_enqueued_in_bulk_wake_their_portals_lane_on_commit(self, env: Env) -> None:
+        integration = await env.h.integration()
+        assert integration is not None
+        recorder = Recorder()
+        _hook_commits()
+        _listening.add(recorder)  # type: ignore[arg-type]
+        try:
+            async with env.h.session_factory() as session:
+                await JobQueue().enqueue_many(
+                    session,
+                    [NewJob(kind=DISPATCHER_KIND, payload={}, integration_id=integration.id)],
+                )
+                assert recorder.told == []  # not before the commit
+                await session.commit()
+        finally:
+            _listening.discard(recorder)  # type: ignore[arg-type]
+        assert recorder.told == [{integration.id}]

@@ -258,12 +258,20 @@ class Bitrix24Client:
             outcome.results.update(_as_map(body.get("result")))
             for name, error in _as_map(body.get("result_error")).items():
                 error = error if isinstance(error, Mapping) else {}
-                outcome.errors[name] = error_from_response(
+                sub_method = cmd.get(name, "").split("?", 1)[0] or None
+                failure = error_from_response(
                     400,
                     str(error.get("error") or ""),
                     str(error.get("error_description") or ""),
-                    method=cmd.get(name, "").split("?", 1)[0] or None,
+                    method=sub_method,
                 )
+                if isinstance(failure, OperationTimeLimit) and sub_method:
+                    # Only this method is blocked; say until when, as for a single call.
+                    failure.reset_at = self.operating_reset_at.get(sub_method.lower())
+                    failure.retry_after = (
+                        self._operating_wait(sub_method) or failure.default_retry_after
+                    )
+                outcome.errors[name] = failure
             for name, value in _as_map(body.get("result_total")).items():
                 if (total := _int_or_none(value)) is not None:
                     outcome.totals[name] = total

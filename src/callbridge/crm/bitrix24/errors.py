@@ -76,7 +76,9 @@ class Bitrix24Error(CallbridgeError):
         if message is None and (code or description):
             where = f" ({method})" if method else ""
             message = f"Bitrix24{where}: {code or 'error'}: {description}".rstrip(": ")
-        super().__init__(message)
+        # Not super(): for the RetryLater subclasses the next __init__ in the MRO takes
+        # ``retry_after`` first, and the message would be lost.
+        CallbridgeError.__init__(self, message)
         self.code = code
         self.description = description
         self.http_status = http_status

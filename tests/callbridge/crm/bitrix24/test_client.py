@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -330,3 +331,35 @@ class TestApiLog:
         assert log.entries[1].operating == 0.5
         assert log.entries[1].integration_id == 7
         assert "tok-" not in repr(log.entries)
+
+
+class TestOperationTimeLimitInBatch:
+    async def test_a_blocked_sub_command_says_until_when_its_method_is_blocked(self) -> None:
+        reset_at = time.time() + 300
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/telephony.externalCall.finish.json"):
+                return ok({"ID": 1}, time={"operating": 479.0, "operating_reset_at": reset_at})
+            return ok(
+                {
+                    "result": {"a": True},
+                    "result_error": {
+                        "b": {"error": "OPERATION_TIME_LIMIT", "error_description": "blocked"}
+                    },
+                }
+            )
+
+        client, _ = make(handler)
+        await client.call("telephony.externalCall.finish", {"CALL_ID": "x"})
+        outcome = await client.batch(
+            {
+                "a": ("telephony.externalCall.hide", {"CALL_ID": "y"}),
+                "b": ("telephony.externalCall.finish", {"CALL_ID": "y"}),
+            }
+        )
+        error = outcome.errors["b"]
+        assert isinstance(error, e.OperationTimeLimit)
+        assert error.method == "telephony.externalCall.finish"
+        assert error.reset_at == reset_at
+        assert error.retry_after is not None
+        assert 290 < error.retry_after <= 300

@@ -95,6 +95,24 @@ class TestWhatTheQueueReads:
         assert isinstance(error, e.ServerError)
         assert error.retry_after == e.OPERATION_LIMIT_RETRY_AFTER
 
+    def test_a_finish_of_an_unknown_or_finished_call_has_its_own_class(self) -> None:
+        error = e.error_from_response(
+            400,
+            "ERROR_CORE",
+            "Call is not found (call should be registered prior to finishing",
+            method="telephony.externalCall.finish",
+        )
+        assert type(error) is e.CallNotFound
+        assert isinstance(error, e.InvalidRequest)
+        other = e.error_from_response(400, "ERROR_CORE", "Unknown TYPE")
+        assert type(other) is e.InvalidRequest
+
+    def test_errors_that_say_retry_later_keep_their_message(self) -> None:
+        for code, status in (("OPERATION_TIME_LIMIT", 429), ("QUERY_LIMIT_EXCEEDED", 503)):
+            error = e.error_from_response(status, code, "blocked", method="x.y", retry_after=3.0)
+            assert error.message == f"Bitrix24 (x.y): {code}: blocked"
+            assert error.retry_after == 3.0
+
     def test_message_names_method_code_and_description(self) -> None:
         error = e.error_from_response(400, "ERROR_CORE", "Unknown TYPE", method="x.y")
         assert error.message == "Bitrix24 (x.y): ERROR_CORE: Unknown TYPE"

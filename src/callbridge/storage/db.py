@@ -7,11 +7,16 @@ instead of one failing with "database is locked" when it upgrades a read lock mi
 
 from __future__ import annotations
 
+import sqlite3
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import aiosqlite
+from aiosqlite.context import Result
 from sqlalchemy import event
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -41,13 +46,15 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
         # One connection per process: SQLite has one writer at a time anyway, and sessions
         # queueing fairly on the pool beat connections polling the lock in SQLite's busy handler
         # (which sleeps up to 100 ms a try and can starve a waiter past its timeout).
+        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         engine = create_async_engine(
             url,
             echo=echo,
             pool_size=1,
             max_overflow=0,
             pool_timeout=SQLITE_POOL_TIMEOUT_S,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            connect_args=connect_args,
+            async_creator=_one_hop_connector(url, connect_args),
         )
         _configure_sqlite(engine)
         # aiosqlite runs every call on its own thread and hands the result back: a busy event
@@ -60,6 +67,110 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
     return create_async_engine(
         url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
     )
+
+
+def _one_hop_connector(
+    url: str, connect_args: dict[str, Any]
+) -> Callable[[], Awaitable[OneHopConnection]]:
+    """The engine's ``async_creator``: SQLAlchemy's arguments for aiosqlite, our connection."""
+    args, kwargs = SQLiteDialect_aiosqlite().create_connect_args(make_url(url))
+    kwargs = {**kwargs, **connect_args}
+
+    def connector() -> sqlite3.Connection:
+        return cast(sqlite3.Connection, sqlite3.connect(*args, **kwargs))  # type: ignore[call-overload]
+
+    async def connect() -> OneHopConnection:
+        connection = OneHopConnection(connector, 64)
+        # As SQLAlchemy does for aiosqlite: the driver's thread must not keep the process up.
+        connection._thread.daemon = True
+        await connection
+        return connection
+
+    return connect
+
+
+class OneHopCursor:
+    """An aiosqlite cursor whose statement costs one trip to the driver's thread, not four.
+
+    aiosqlite runs each call (make a cursor, execute, fetch the rows, close) on its thread and
+    hands the result back to the event loop: a thread wake-up and a loop wake-up each, which
+    under webhook load cost more CPU than the statements themselves (measured with py-spy on
+    ``benchmarks/ingest.py``). SQLAlchemy reads every row of a result anyway (its aiosqlite
+    cursors buffer them), so this one executes, fetches and closes in a single call and
+    serves the rows from memory. Made and used by the driver's thread only, as sqlite3 wants.
+    """
+
+    def __init__(self, connection: OneHopConnection) -> None:
+        self._connection = connection
+        self._rows: list[Any] = []
+        self.description: Any = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self.arraysize = 1
+
+    async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> OneHopCursor:
+        """Run one statement and read its rows, in one call on the driver's thread."""
+        conn = self._connection._conn
+
+        def run() -> tuple[Any, int, int | None, list[Any]]:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(sql, () if parameters is None else parameters)
+                rows = cursor.fetchall() if cursor.description else []
+                return cursor.description, cursor.rowcount, cursor.lastrowid, rows
+            finally:
+                cursor.close()
+
+        self.description, self.rowcount, self.lastrowid, self._rows = (
+            await self._connection._execute(run)  # type: ignore[no-untyped-call]
+        )
+        return self
+
+    async def executemany(self, sql: str, parameters: Sequence[Any]) -> OneHopCursor:
+        """Run one statement for each set of parameters (sqlite3 returns no rows from it)."""
+        conn = self._connection._conn
+
+        def run() -> tuple[Any, int, int | None]:
+            cursor = conn.cursor()
+            try:
+                cursor.executemany(sql, parameters)
+                return cursor.description, cursor.rowcount, cursor.lastrowid
+            finally:
+                cursor.close()
+
+        self.description, self.rowcount, self.lastrowid = await self._connection._execute(run)  # type: ignore[no-untyped-call]
+        self._rows = []
+        return self
+
+    async def fetchone(self) -> Any:
+        """The next row, or None."""
+        return self._rows.pop(0) if self._rows else None
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        """Up to ``size`` (else ``arraysize``) more rows."""
+        count = self.arraysize if size is None else size
+        rows, self._rows = self._rows[:count], self._rows[count:]
+        return rows
+
+    async def fetchall(self) -> list[Any]:
+        """The remaining rows."""
+        rows, self._rows = self._rows, []
+        return rows
+
+    async def close(self) -> None:
+        """Forget the rows (the sqlite3 cursor is closed already)."""
+        self._rows = []
+
+
+class OneHopConnection(aiosqlite.Connection):
+    """An aiosqlite connection whose cursors are :class:`OneHopCursor` s."""
+
+    def cursor(self) -> Result[OneHopCursor]:  # type: ignore[override]
+        """A cursor; making it costs no trip to the driver's thread."""
+        return Result(self._new_cursor())
+
+    async def _new_cursor(self) -> OneHopCursor:
+        return OneHopCursor(self)
 
 
 def create_unpooled_engine(url: str) -> AsyncEngine:

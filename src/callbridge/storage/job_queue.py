@@ -120,6 +120,11 @@ _NOTIFIED_KEY = "callbridge.job_queue.notified"
 # Built once: constructing an INSERT … RETURNING costs more than running it. The ids come back
 # in the parameters' order, which the ordering keys need.
 _INSERT_JOBS = insert(_jobs).returning(_jobs.c.id, sort_by_parameter_order=True)
+# SQLite: SQLAlchemy cannot sort RETURNING rows by parameter there, so the statement above runs
+# once per job. One multi-row INSERT allocates its rowids in the VALUES order (the next rowid is
+# the largest plus one; the transaction holds the write lock), so its ids, sorted, are in the
+# parameters' order.
+_INSERT_JOBS_SQLITE = insert(_jobs).returning(_jobs.c.id)
 
 
 @dataclass(frozen=True)
@@ -249,8 +254,10 @@ class JobQueue:
                     ),
                 }
             )
-        result = await session.execute(_INSERT_JOBS, params)
-        ids = [int(row.id) for row in result]
+        if _is_postgres(session):
+            ids = [int(row.id) for row in await session.execute(_INSERT_JOBS, params)]
+        else:
+            ids = sorted(int(row.id) for row in await session.execute(_INSERT_JOBS_SQLITE, params))
         await _notify(session)
         return ids
 

@@ -10,6 +10,7 @@ to Bitrix24 users is the call model's job, with the integration's settings.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -278,16 +279,23 @@ _EVENT_TYPES: dict[str, type[Event]] = {
 def event_to_dict(event: CallEvent) -> dict[str, Any]:
     """The event as a JSON-safe dict, tagged with its ``type`` (``call.started``…)."""
     data: dict[str, Any] = {"type": event.name}
-    for field in fields(event):
-        value = getattr(event, field.name)
+    for name in _field_names(type(event)):
+        value = getattr(event, name)
         if isinstance(value, datetime):
             value = value.isoformat()
         elif isinstance(value, frozenset):
             value = sorted(value)
         elif isinstance(value, StrEnum):
             value = value.value
-        data[field.name] = value
+        data[name] = value
     return data
+
+
+@functools.cache
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    # dataclasses.fields() filters the class's fields anew on every call: every stored event
+    # (inbox row, pending event of a call) is converted, so the names are worked out once.
+    return tuple(field.name for field in fields(cls))
 
 
 _DECODERS: dict[str, Callable[[Any], Any]] = {

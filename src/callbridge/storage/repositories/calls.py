@@ -152,10 +152,14 @@ class CallRepository(Repository[CallRow]):
         now = utcnow()
         params = [{"row_id": row_id, **_summary(call), "updated_at": now} for row_id, call in calls]
         await self.session.execute(_UPDATE_SUMMARY, params)
-        # A row this session loaded earlier must not go on showing the old values.
+        # A row this session loaded earlier must not go on showing the old values (the intake
+        # writer's sessions load none: skip the look-ups, they cost more than the UPDATE).
+        identity_map = self.session.sync_session.identity_map
+        if not identity_map:
+            return
         for values in params:
             key = self.session.sync_session.identity_key(CallRow, values["row_id"])
-            row = self.session.sync_session.identity_map.get(key)
+            row = identity_map.get(key)
             if row is not None:
                 for name in (*_SUMMARY_COLUMNS, "updated_at"):
                     set_committed_value(row, name, values[name])

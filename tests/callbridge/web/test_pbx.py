@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -27,6 +28,7 @@ from callbridge.storage.models import (
 )
 from callbridge.storage.models import Call as CallRow
 from callbridge.web.app import create_app
+from callbridge.web.deps import get_settings
 from tests.callbridge.web.test_app import make_settings, serve
 from tests.callbridge.web.test_intake import writes_held
 from tests.conftest import Database
@@ -45,6 +47,7 @@ class Env:
     engine: AsyncEngine
     url: str
     backend: str
+    app: FastAPI
 
     async def count(self, model: type[Any]) -> int:
         async with self.factory() as session:
@@ -79,9 +82,10 @@ async def env(database: Database, fresh_database_url: str, tmp_path: Path) -> As
         await session.flush()
         session.add(Bitrix24User(integration_id=integration.id, user_id=11, extension="101"))
         session.add(Bitrix24User(integration_id=integration.id, user_id=12, extension="102"))
+    app = create_app(settings)
     try:
-        async with serve(create_app(settings)) as client:
-            yield Env(client, factory, engine, fresh_database_url, database.backend)
+        async with serve(app) as client:
+            yield Env(client, factory, engine, fresh_database_url, database.backend, app)
     finally:
         await engine.dispose()
 
@@ -130,6 +134,37 @@ class TestAccepting:
                 "+74951234567",
             )
         assert [job.payload["command"]["kind"] for job in await env.jobs()] == ["register"]
+
+    async def test_fastapi_s_handler_answers_like_the_fast_path(self, env: Env) -> None:
+        # A well-formed request is served by the route itself; with a dependency overridden,
+        # FastAPI's handler serves it instead. Both must give the same answer.
+        fast = await env.client.post(URL, json=CALL[:2], headers=bearer())
+        env.app.dependency_overrides[get_settings] = get_settings
+        slow = await env.client.post(URL, json=[CALL[1], *CALL[2:]], headers=bearer())
+        assert (fast.status_code, slow.status_code) == (202, 202)
+        assert fast.headers["content-type"] == slow.headers["content-type"]
+        assert fast.json() == {
+            "accepted": 2,
+            "duplicates": 0,
+            "events": [
+                {"event_id": "e1", "status": "accepted"},
+                {"event_id": "e2", "status": "accepted"},
+            ],
+        }
+        assert slow.json() == {
+            "accepted": 2,
+            "duplicates": 1,
+            "events": [
+                {"event_id": "e2", "status": "duplicate"},
+                {"event_id": "e3", "status": "accepted"},
+                {"event_id": "e4", "status": "accepted"},
+            ],
+        }
+        assert slow.content == slow.content.replace(b" ", b"")
+        assert fast.content == fast.content.replace(b" ", b"")
+        # Split across the two paths, the call queues what it queues in one request.
+        kinds = [job.payload["command"]["kind"] for job in await env.jobs()]
+        assert kinds == ["register", "show", "hide", "finish"]
 
     async def test_a_list_applies_in_order_with_one_job_per_command(self, env: Env) -> None:
         response = await env.client.post(URL, json=CALL, headers=bearer())

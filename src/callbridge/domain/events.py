@@ -10,7 +10,6 @@ to Bitrix24 users is the call model's job, with the integration's settings.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -291,11 +290,16 @@ def event_to_dict(event: CallEvent) -> dict[str, Any]:
     return data
 
 
-@functools.cache
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
 def _field_names(cls: type[Any]) -> tuple[str, ...]:
     # dataclasses.fields() filters the class's fields anew on every call: every stored event
     # (inbox row, pending event of a call) is converted, so the names are worked out once.
-    return tuple(field.name for field in fields(cls))
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(field.name for field in fields(cls))
+    return names
 
 
 _DECODERS: dict[str, Callable[[Any], Any]] = {

@@ -40,8 +40,12 @@ logger = get_logger(__name__)
 router = APIRouter(prefix="/bitrix24", tags=["bitrix24"])
 
 
-def get_portals(request: Request) -> Portals:
-    """The process's :class:`Portals`: from the lifespan state, else built once on first use."""
+async def get_portals(request: Request) -> Portals:
+    """The process's :class:`Portals`: from the lifespan state, else built once on first use.
+
+    ``async def`` although it never awaits: FastAPI runs a plain ``def`` dependency in its
+    thread pool, a thread hop on every request.
+    """
     portals = getattr(request.state, "bitrix24_portals", None)
     if portals is None:
         portals = getattr(request.app.state, "bitrix24_portals", None)

@@ -51,11 +51,11 @@ class ResponsibleAnswer(BaseModel):
     name: str
 
 
-def get_responsible_finder(request: Request) -> ResponsibleFinder:
-    """The app's finder (and its cache), made on first use."""
+async def get_responsible_finder(request: Request) -> ResponsibleFinder:
+    """The app's finder (and its cache), made on first use (``async``: no thread hop)."""
     finder = getattr(request.app.state, "responsible_finder", None)
     if finder is None:
-        finder = ResponsibleFinder(get_portals(request))
+        finder = ResponsibleFinder(await get_portals(request))
         request.app.state.responsible_finder = finder
     return cast(ResponsibleFinder, finder)
 

@@ -404,8 +404,11 @@ class Dispatcher:
                         self._start_lanes(sorted(nudged))
                     if rescan or not nudged:
                         await self._schedule()
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+                    # arrives as the wake-up is set, and the dispatcher would never stop.
                     try:
-                        await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+                        async with asyncio.timeout(self.poll_interval):
+                            await self._wakeup.wait()
                     except TimeoutError:
                         self._rescan = True
             finally:
@@ -535,7 +538,8 @@ class Dispatcher:
                 if decision.wake_at is not None:
                     timeout = max(0.0, decision.wake_at - time.monotonic())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lane.event.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await lane.event.wait()
                 continue
             await self._send_decided(integration_id, row, portals, credentials, lane, decision)
             claim = True

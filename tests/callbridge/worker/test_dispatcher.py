@@ -23,7 +23,7 @@ from callbridge.storage.models import (
     Job,
     JobStatus,
 )
-from callbridge.worker.dispatcher import DISPATCHER_KIND, _hook_commits, _listening
+from callbridge.worker.dispatcher import DISPATCHER_KIND, Dispatcher, _hook_commits, _listening
 from tests.e2e.test_calls_e2e import KNOWN_CALLER, Env, environment, ev, inbound_answered
 
 
@@ -412,3 +412,25 @@ class TestCommitWakeUps:
         finally:
             _listening.discard(recorder)  # type: ignore[arg-type]
         assert recorder.told == [{integration.id}]
+
+
+class TestStop:
+    async def test_a_cancel_that_arrives_with_a_wake_up_stops_the_dispatcher(
+        self, env: Env
+    ) -> None:
+        # On Python 3.11, asyncio.wait_for returns normally when its task is cancelled in the
+        # tick its awaited event is set: a dispatcher waiting that way never stopped.
+        for _ in range(5):
+            dispatcher = Dispatcher(
+                env.dispatcher.settings,
+                env.h.session_factory,
+                portals=env.h.portals,
+                poll_interval=30.0,
+            )
+            task = asyncio.create_task(dispatcher.run())
+            await asyncio.sleep(0.05)  # let it settle in its wait for a wake-up
+            dispatcher.wake()
+            task.cancel()
+            await asyncio.wait([task], timeout=5.0)
+            assert task.done(), "the dispatcher ignored its cancellation"
+            assert task.cancelled()

@@ -114,8 +114,11 @@ class BufferedApiLog:
 
     async def _run(self) -> None:
         while not self._closing:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives
+            # as the event is set, and the flusher would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
             self._wake.clear()
             await self.flush()
 

@@ -75,12 +75,38 @@ class Settings(BaseSettings):
     ami_enabled: bool = True
     #: How often the worker looks for enterprises whose AMI URL was added or changed.
     ami_poll_interval_seconds: float = Field(default=10.0, gt=0)
+    #: Directories recordings reported by path may be read from (comma-separated); a path
+    #: outside them, after resolving symlinks and ``..``, is refused and never read.
+    recordings_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path("/var/spool/asterisk/monitor")]
+    )
+    #: The largest recording file uploaded (bytes); a bigger one is refused.
+    recording_max_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    #: Up to this size a recording goes Base64 in ``FILE_CONTENT``; above, by ``uploadUrl``.
+    recording_inline_max_bytes: int = Field(default=4 * 1024 * 1024, ge=0)
+    #: How long a recording file that does not exist yet is waited for (MixMonitor, NFS lag).
+    recording_wait_seconds: float = Field(default=600.0, ge=0)
 
     @field_validator("encryption_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("recordings_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("recordings_dirs")
+    @classmethod
+    def _absolute_dirs(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not path.is_absolute():
+                raise ValueError(f"{str(path)!r} is not an absolute directory")
         return value
 
     @field_validator("encryption_keys")

@@ -70,9 +70,11 @@ class PbxFiles:
 class Cases:
     """The environment plus the PBX's files and the helpers every case uses."""
 
-    def __init__(self, env: Env, pbx: PbxFiles) -> None:
+    def __init__(self, env: Env, pbx: PbxFiles, monitor: Path) -> None:
         self.env = env
         self.pbx = pbx
+        #: The PBX's MixMonitor directory, as callbridge sees it (``recordings_dirs``).
+        self.monitor = monitor
 
     async def configure(self, **settings: Any) -> None:
         """Change the integration's settings (before the first event: routings are cached)."""
@@ -125,8 +127,15 @@ class Cases:
 async def cases(fresh_database_url: str, tmp_path: Path) -> AsyncIterator[Cases]:
     pbx = PbxFiles()
     mounts = {f"all://{PBX_HOST}": httpx.ASGITransport(app=pbx.app)}
-    async with environment(fresh_database_url, tmp_path, portal_mounts=mounts) as env:
-        yield Cases(env, pbx)
+    monitor = tmp_path / "monitor"
+    monitor.mkdir()
+    async with environment(
+        fresh_database_url,
+        tmp_path,
+        portal_mounts=mounts,
+        settings_overrides={"recordings_dirs": [monitor], "recording_inline_max_bytes": 1024},
+    ) as env:
+        yield Cases(env, pbx, monitor)
 
 
 def started(
@@ -875,21 +884,48 @@ class TestRecordings:
         file = await cases.env.h.emulator_http.get(f"/_emulator/files/{second['record_file_id']}")
         assert file.content == b"ID3" + bytes(32)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a recording known only by its path on the PBX is not uploaded "
-        "(the dispatcher fails it with RecordUploadUnsupportedError)",
+    @pytest.mark.parametrize(
+        ("size", "mode"), [(200, "FILE_CONTENT"), (300_000, "uploadUrl")], ids=["base64", "upload"]
     )
-    async def test_recording_on_the_pbx_is_uploaded_after_the_finish(self, cases: Cases) -> None:
+    async def test_recording_on_the_pbx_is_uploaded_after_the_finish(
+        self, cases: Cases, size: int, mode: str
+    ) -> None:
         linkedid = "1764160800.3"
+        content = WAV + bytes(range(256)) * (size // 256)
+        (cases.monitor / f"{linkedid}.wav").write_bytes(content)
         await cases.post(
             *inbound_answered(linkedid),
-            ev("call.recording", linkedid, 5, 60, path=f"/var/spool/asterisk/{linkedid}.wav"),
+            ev("call.recording", linkedid, 5, 60, path=str(cases.monitor / f"{linkedid}.wav")),
         )
         await cases.settle()
         call = await cases.call(f"{linkedid}-0")
         assert call["record_file_id"] is not None
+        file = await cases.env.h.emulator_http.get(f"/_emulator/files/{call['record_file_id']}")
+        assert file.content == content
         assert all(j.status == JobStatus.SUCCEEDED for j in await cases.env.jobs())
+        methods = [entry.method for entry in cases.env.h.api_log.entries]
+        assert ("upload" in methods) == (mode == "uploadUrl")
+
+    async def test_recording_outside_the_recordings_directories_is_refused(
+        self, cases: Cases, tmp_path: Path
+    ) -> None:
+        linkedid = "1764160800.4"
+        secret = tmp_path / "secret.wav"
+        secret.write_bytes(WAV)
+        await cases.post(
+            *inbound_answered(linkedid),
+            ev("call.recording", linkedid, 5, 60, path=f"{cases.monitor}/../secret.wav"),
+        )
+        await cases.settle()
+        call = await cases.call(f"{linkedid}-0")
+        assert call["records"] == []
+        (attach,) = [
+            j
+            for j in await cases.env.jobs()
+            if j.payload.get("command", {}).get("kind") == "attach_record"
+        ]
+        assert attach.status == JobStatus.DEAD
+        assert "outside the recordings directories" in (attach.last_error or "")
 
 
 class TestMissedCallNotifications:

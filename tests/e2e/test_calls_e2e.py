@@ -159,14 +159,17 @@ async def environment(
     batching: bool = True,
     portal_mounts: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
+    settings_overrides: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Env]:
     """The harness of the client tests, with the PBX webhook and routing routes mounted too.
 
     ``portal_mounts`` give the portal other hosts to reach (e.g. a PBX serving ``RECORD_URL``s);
     ``wrap_transport`` wraps the transport callbridge reaches the portal through (to lose an
-    answer, say).
+    answer, say); ``settings_overrides`` change callbridge's settings.
     """
-    settings = callbridge_settings(database_url, var_dir, worker_poll_interval_seconds=0.05)
+    settings = callbridge_settings(
+        database_url, var_dir, worker_poll_interval_seconds=0.05, **dict(settings_overrides or {})
+    )
     engine = create_engine(database_url)
     session_factory = create_session_factory(engine)
     box = SecretBox(settings.fernet_keys())

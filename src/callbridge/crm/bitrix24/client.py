@@ -19,8 +19,9 @@ Everything else becomes an error of :mod:`~callbridge.crm.bitrix24.errors`.
 from __future__ import annotations
 
 import re
+import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -281,6 +282,66 @@ class Bitrix24Client:
             if halt and outcome.errors:
                 break
         return outcome
+
+    async def upload(
+        self,
+        url: str,
+        field_name: str,
+        filename: str,
+        content: AsyncIterable[bytes],
+        size: int,
+        *,
+        content_type: str = "application/octet-stream",
+    ) -> Any:
+        """POST a file as ``multipart/form-data`` to an ``uploadUrl`` (spec §1.4); its ``result``.
+
+        ``content`` yields exactly ``size`` bytes and is streamed, never held whole. The URL
+        carries its own authorisation, so the request is sent once: no refresh, no retry (the
+        stream cannot be replayed); the caller asks for a new ``uploadUrl`` to try again.
+        """
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise UnexpectedResponse(f"Bitrix24 gave an upload URL that is not http(s): {url!r}")
+        boundary = secrets.token_hex(16)
+        quoted = re.sub(r'[\\"\r\n]', "_", filename)  # no header injection
+        head = (
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="{field_name}"; filename="{quoted}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield head
+            async for chunk in content:
+                yield chunk
+            yield tail
+
+        method = "upload"
+        credentials = self.credentials
+        await self.limiter.acquire(credentials.key, credentials.plan)
+        started_at = datetime.now(UTC)
+        started = time.perf_counter()
+        try:
+            response = await self.http.post(
+                url,
+                content=body(),
+                headers={
+                    "Content-Type": f"multipart/form-data; boundary={boundary}",
+                    "Content-Length": str(len(head) + size + len(tail)),
+                },
+                timeout=self.timeout,
+                follow_redirects=False,
+            )
+        except httpx.HTTPError as err:
+            error = error_from_transport(err, method=method)
+            self._log(method, 0, started_at, started, None, type(error).__name__)
+            raise error from err
+        outcome = self._parse(method, response)
+        if isinstance(outcome, ApiResponse):
+            self._log(method, 0, started_at, started, response.status_code, None)
+            return outcome.result
+        self._log(method, 0, started_at, started, response.status_code, outcome.code or None)
+        raise outcome
 
     # --- one HTTP exchange, with refresh, rate-limit retries and domain change ----------------
 

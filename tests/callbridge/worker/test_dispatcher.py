@@ -434,3 +434,180 @@ class TestStop:
             await asyncio.wait([task], timeout=5.0)
             assert task.done(), "the dispatcher ignored its cancellation"
             assert task.cancelled()
+
+
+# --- recordings the PBX reports by file path ------------------------------------------------------
+
+INLINE_MAX = 4096
+
+
+@pytest.fixture
+async def monitor(tmp_path: Path) -> Path:
+    path = tmp_path / "monitor"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def recording_env(
+    fresh_database_url: str, tmp_path: Path, monitor: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Env]:
+    overrides = {
+        "recordings_dirs": [monitor],
+        "recording_inline_max_bytes": INLINE_MAX,
+        "recording_max_bytes": 1_000_000,
+        **getattr(request, "param", {}),
+    }
+    async with environment(fresh_database_url, tmp_path, settings_overrides=overrides) as built:
+        yield built
+
+
+def attach_job(jobs: list[Job]) -> Job:
+    (job,) = [j for j in jobs if j.payload["command"]["kind"] == "attach_record"]
+    return job
+
+
+async def stored_record(env: Env, leg_id: str) -> bytes:
+    """The bytes the portal keeps as the recording of a leg."""
+    call_id = (await env.calls())[leg_id]["CALL_ID"]
+    call = (await env.h.emulator_http.get(f"/_emulator/calls/{call_id}")).json()
+    assert call["record_file_id"] is not None, call
+    return (await env.h.emulator_http.get(f"/_emulator/files/{call['record_file_id']}")).content
+
+
+class TestRecordingsByPath:
+    async def test_a_small_file_goes_base64_after_the_finish(
+        self, recording_env: Env, monitor: Path
+    ) -> None:
+        env, linkedid = recording_env, "1764180000.1"
+        content = b"RIFF" + bytes(range(256)) * 8  # 2052 bytes: below the inline limit
+        (monitor / "a.wav").write_bytes(content)
+        await env.post(
+            *inbound_answered(linkedid),
+            ev("call.recording", linkedid, 5, 60, path=str(monitor / "a.wav")),
+        )
+        await env.settle()
+
+        assert await stored_record(env, f"{linkedid}-0") == content
+        job = attach_job(await env.jobs())
+        assert job.status == JobStatus.SUCCEEDED, job.last_error
+        assert job.result is not None
+        assert job.result["uploaded_bytes"] == len(content)
+        assert "FILE_ID" in job.result
+        # Alone (not in a batch), with the content, after the finish.
+        methods = [r["method"] for r in await env.rest_requests()]
+        attach = [r for r in await env.rest_requests() if r["method"].endswith("attachRecord")]
+        assert len(attach) == 1
+        assert "FILE_CONTENT" in attach[0]["params"]
+        assert methods.index(attach[0]["method"]) > max(
+            i for i, m in enumerate(methods) if m in ("batch", "telephony.externalCall.finish")
+        )
+        logged = [entry.method for entry in env.h.api_log.entries]
+        assert "telephony.externalCall.attachRecord" in logged
+        assert "upload" not in logged
+
+    async def test_a_large_file_goes_by_upload_url(self, recording_env: Env, monitor: Path) -> None:
+        env, linkedid = recording_env, "1764180000.2"
+        content = b"ID3" + bytes(range(256)) * 1200  # 307203 bytes: above the inline limit
+        (monitor / "b.mp3").write_bytes(content)
+        await env.post(
+            *inbound_answered(linkedid),
+            ev("call.recording", linkedid, 5, 60, path=str(monitor / "b.mp3")),
+        )
+        await env.settle()
+
+        assert await stored_record(env, f"{linkedid}-0") == content
+        job = attach_job(await env.jobs())
+        assert job.status == JobStatus.SUCCEEDED, job.last_error
+        assert job.result is not None
+        assert job.result["uploaded_bytes"] == len(content)
+        (attach,) = [r for r in await env.rest_requests() if r["method"].endswith("attachRecord")]
+        assert "FILE_CONTENT" not in attach["params"]
+        assert attach["params"]["FILENAME"] == f"{linkedid}-0.mp3"
+        # The upload is in the API log like any request, with no content in it.
+        (upload,) = [entry for entry in env.h.api_log.entries if entry.method == "upload"]
+        assert (upload.http_status, upload.error_code) == (200, None)
+
+    async def test_a_file_outside_the_directories_dies_unread(
+        self, recording_env: Env, monitor: Path, tmp_path: Path
+    ) -> None:
+        env, linkedid = recording_env, "1764180000.3"
+        (tmp_path / "shadow.wav").write_bytes(b"root:secret")
+        (monitor / "c.wav").symlink_to(tmp_path / "shadow.wav")
+        await env.post(
+            *inbound_answered(linkedid),
+            ev("call.recording", linkedid, 5, 60, path=str(monitor / "c.wav")),
+        )
+        await env.settle()
+
+        job = attach_job(await env.jobs())
+        assert job.status == JobStatus.DEAD
+        assert job.last_error is not None
+        assert "RecordingRefusedError" in job.last_error
+        assert "outside the recordings directories" in job.last_error
+        assert not [r for r in await env.rest_requests() if r["method"].endswith("attachRecord")]
+        assert (await env.calls())[f"{linkedid}-0"]["state"] == "finished"
+
+    async def test_a_file_above_the_cap_dies(self, recording_env: Env, monitor: Path) -> None:
+        env, linkedid = recording_env, "1764180000.4"
+        (monitor / "d.wav").write_bytes(bytes(1_000_001))
+        await env.post(
+            *inbound_answered(linkedid),
+            ev("call.recording", linkedid, 5, 60, path=str(monitor / "d.wav")),
+        )
+        await env.settle()
+
+        job = attach_job(await env.jobs())
+        assert job.status == JobStatus.DEAD
+        assert "RecordingTooLargeError" in (job.last_error or "")
+
+    async def test_a_file_not_there_yet_is_awaited(self, recording_env: Env, monitor: Path) -> None:
+        env, linkedid = recording_env, "1764180000.5"
+        await env.post(
+            *inbound_answered(linkedid),
+            ev("call.recording", linkedid, 5, 60, path=str(monitor / "e.wav")),
+        )
+        await wait_for_jobs(
+            env,
+            lambda jobs: any(
+                j.payload["command"]["kind"] == "attach_record"
+                and j.attempts == 1
+                and j.status == JobStatus.QUEUED
+                for j in jobs
+            ),
+        )
+        job = attach_job(await env.jobs())
+        assert "does not exist" in (job.last_error or "")
+        due = job.run_after if job.run_after.tzinfo else job.run_after.replace(tzinfo=UTC)
+        assert due > datetime.now(UTC)  # backing off, not spinning
+        # MixMonitor closes the file; the retry is due.
+        (monitor / "e.wav").write_bytes(b"RIFF" + bytes(100))
+        async with env.h.session_factory() as session, session.begin():
+            await session.execute(
+                update(Job).where(Job.id == job.id).values(run_after=datetime.now(UTC))
+            )
+        env.dispatcher.wake()
+        await env.settle()
+
+        job = attach_job(await env.jobs())
+        assert job.status == JobStatus.SUCCEEDED, job.last_error
+        assert job.attempts == 2
+        assert await stored_record(env, f"{linkedid}-0") == b"RIFF" + bytes(100)
+
+    @pytest.mark.parametrize("recording_env", [{"recording_wait_seconds": 0}], indirect=True)
+    async def test_a_file_that_never_comes_dies_with_a_clear_error(
+        self, recording_env: Env, monitor: Path
+    ) -> None:
+        env, linkedid = recording_env, "1764180000.6"
+        await env.post(
+            *inbound_answered(linkedid),
+            ev("call.recording", linkedid, 5, 60, path=str(monitor / "never.wav")),
+        )
+        await env.settle()
+
+        job = attach_job(await env.jobs())
+        assert job.status == JobStatus.DEAD
+        assert job.last_error is not None
+        assert "RecordingNotReadyError" in job.last_error
+        assert "does not exist" in job.last_error
+        assert "CALLBRIDGE_RECORDING_WAIT_SECONDS" in job.last_error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -363,3 +363,52 @@ class TestOperationTimeLimitInBatch:
         assert error.reset_at == reset_at
         assert error.retry_after is not None
         assert 290 < error.retry_after <= 300
+
+
+async def chunks_of(content: bytes, size: int = 1000) -> AsyncIterator[bytes]:
+    for start in range(0, len(content), size):
+        yield content[start : start + size]
+
+
+class TestUpload:
+    URL = "https://portal.test/rest/upload.json?auth=t&token=telephony%7Cabc"
+
+    async def test_streams_one_multipart_file_part(self) -> None:
+        content = bytes(range(256)) * 10
+        limiter, log = RecordingLimiter(), MemoryApiLog()
+        client, seen = make(lambda r: ok({"FILE_ID": 7}), limiter=limiter, log=log)
+        result = await client.upload(
+            self.URL, "file", 'a"b.wav', chunks_of(content), len(content), content_type="audio/wav"
+        )
+        assert result == {"FILE_ID": 7}
+        (request,) = seen
+        assert str(request.url) == self.URL
+        ctype = request.headers["content-type"]
+        assert ctype.startswith("multipart/form-data; boundary=")
+        boundary = ctype.split("boundary=", 1)[1].encode()
+        assert int(request.headers["content-length"]) == len(request.content)
+        head, rest = request.content.split(b"\r\n\r\n", 1)
+        assert head.split(b"\r\n") == [
+            b"--" + boundary,
+            b'Content-Disposition: form-data; name="file"; filename="a_b.wav"',
+            b"Content-Type: audio/wav",
+        ]
+        assert rest == content + b"\r\n--" + boundary + b"--\r\n"
+        # Within the rate budget, and logged like any request (no content in the record).
+        assert limiter.acquired == 1
+        (entry,) = log.entries
+        assert (entry.method, entry.http_status, entry.error_code) == ("upload", 200, None)
+
+    async def test_a_refusal_is_an_error_sent_once(self) -> None:
+        log = MemoryApiLog()
+        client, seen = make(lambda r: fail(400, "ERROR_CORE", "Upload token is not valid"), log=log)
+        with pytest.raises(e.Bitrix24Error, match="Upload token is not valid"):
+            await client.upload(self.URL, "file", "a.wav", chunks_of(b"RIFF"), 4)
+        assert len(seen) == 1
+        assert [(x.method, x.error_code) for x in log.entries] == [("upload", "ERROR_CORE")]
+
+    async def test_a_url_that_is_not_http_is_refused_unsent(self) -> None:
+        client, seen = make(lambda r: ok(True))
+        with pytest.raises(e.UnexpectedResponse):
+            await client.upload("file:///etc/passwd", "file", "a.wav", chunks_of(b"RIFF"), 4)
+        assert seen == []

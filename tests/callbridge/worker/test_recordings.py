@@ -1,0 +1,196 @@
+"""Which recording files on the PBX callbridge may read, and how it reads them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from callbridge.config import Settings
+from callbridge.domain.errors import Permanent, Retryable
+from callbridge.worker.recordings import (
+    CHUNK_BYTES,
+    RecordingMissingError,
+    RecordingRefusedError,
+    RecordingTooLargeError,
+    missing_retry_delay,
+    missing_wait_so_far,
+    open_recording,
+)
+
+WAV = b"RIFF$\x00\x00\x00WAVEfmt " + bytes(28)
+CAP = 1024
+
+
+@pytest.fixture
+def monitor(tmp_path: Path) -> Path:
+    path = tmp_path / "spool" / "monitor"
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = tmp_path / "shadow"
+    path.write_bytes(b"root:$6$secret")
+    return path
+
+
+class TestOpenRecording:
+    def test_a_file_inside_a_recordings_directory_is_opened(self, monitor: Path) -> None:
+        (monitor / "a.wav").write_bytes(WAV)
+        recording = open_recording(str(monitor / "a.wav"), [monitor], CAP)
+        with recording.file:
+            assert (recording.path, recording.size) == (monitor / "a.wav", len(WAV))
+            assert recording.file.read() == WAV
+
+    def test_a_file_in_a_subdirectory_is_inside(self, monitor: Path) -> None:
+        (monitor / "2026" / "11").mkdir(parents=True)
+        (monitor / "2026" / "11" / "a.mp3").write_bytes(b"ID3" + bytes(10))
+        recording = open_recording(str(monitor / "2026/11/a.mp3"), [monitor], CAP)
+        recording.close()
+        assert recording.size == 13
+
+    def test_any_of_several_directories_will_do(self, monitor: Path, tmp_path: Path) -> None:
+        other = tmp_path / "nfs"
+        other.mkdir()
+        (other / "a.wav").write_bytes(WAV)
+        open_recording(str(other / "a.wav"), [monitor, other], CAP).close()
+
+    def test_a_file_outside_is_refused(self, monitor: Path, secret: Path) -> None:
+        with pytest.raises(RecordingRefusedError, match="outside the recordings directories"):
+            open_recording(str(secret), [monitor], CAP)
+
+    def test_dot_dot_out_of_the_directory_is_refused(self, monitor: Path, secret: Path) -> None:
+        escape = f"{monitor}/../../{secret.name}"
+        assert Path(escape).exists()
+        with pytest.raises(RecordingRefusedError, match="outside"):
+            open_recording(escape, [monitor], CAP)
+
+    def test_dot_dot_that_stays_inside_is_fine(self, monitor: Path) -> None:
+        (monitor / "sub").mkdir()
+        (monitor / "a.wav").write_bytes(WAV)
+        open_recording(f"{monitor}/sub/../a.wav", [monitor], CAP).close()
+
+    def test_a_symlink_out_of_the_directory_is_refused(self, monitor: Path, secret: Path) -> None:
+        (monitor / "a.wav").symlink_to(secret)
+        with pytest.raises(RecordingRefusedError, match="outside"):
+            open_recording(str(monitor / "a.wav"), [monitor], CAP)
+
+    def test_a_symlinked_subdirectory_out_is_refused(
+        self, monitor: Path, secret: Path, tmp_path: Path
+    ) -> None:
+        (monitor / "etc").symlink_to(tmp_path, target_is_directory=True)
+        with pytest.raises(RecordingRefusedError, match="outside"):
+            open_recording(str(monitor / "etc" / secret.name), [monitor], CAP)
+
+    def test_a_symlinked_recordings_directory_is_followed(
+        self, monitor: Path, tmp_path: Path
+    ) -> None:
+        # /var/spool/asterisk/monitor is often a link to a bigger disk.
+        link = tmp_path / "monitor-link"
+        link.symlink_to(monitor, target_is_directory=True)
+        (monitor / "a.wav").write_bytes(WAV)
+        open_recording(str(link / "a.wav"), [link], CAP).close()
+        open_recording(str(monitor / "a.wav"), [link], CAP).close()
+
+    def test_a_sibling_directory_with_the_same_prefix_is_outside(
+        self, monitor: Path, tmp_path: Path
+    ) -> None:
+        sibling = monitor.parent / "monitor-old"
+        sibling.mkdir()
+        (sibling / "a.wav").write_bytes(WAV)
+        with pytest.raises(RecordingRefusedError):
+            open_recording(str(sibling / "a.wav"), [monitor], CAP)
+
+    def test_a_relative_path_is_refused(self, monitor: Path) -> None:
+        with pytest.raises(RecordingRefusedError, match="not absolute"):
+            open_recording("monitor/a.wav", [monitor], CAP)
+
+    def test_no_directory_configured_refuses_everything(self, monitor: Path) -> None:
+        (monitor / "a.wav").write_bytes(WAV)
+        with pytest.raises(RecordingRefusedError, match="CALLBRIDGE_RECORDINGS_DIRS"):
+            open_recording(str(monitor / "a.wav"), [], CAP)
+
+    def test_a_directory_is_refused(self, monitor: Path) -> None:
+        (monitor / "a.wav").mkdir()
+        with pytest.raises(RecordingRefusedError, match="regular file"):
+            open_recording(str(monitor / "a.wav"), [monitor], CAP)
+
+    def test_a_missing_file_is_worth_waiting_for(self, monitor: Path) -> None:
+        with pytest.raises(RecordingMissingError, match="does not exist") as caught:
+            open_recording(str(monitor / "later.wav"), [monitor], CAP)
+        assert isinstance(caught.value, Retryable)
+        assert not isinstance(caught.value, Permanent)
+
+    def test_an_empty_file_is_still_being_written(self, monitor: Path) -> None:
+        (monitor / "a.wav").touch()
+        with pytest.raises(RecordingMissingError, match="still empty"):
+            open_recording(str(monitor / "a.wav"), [monitor], CAP)
+
+    def test_a_missing_file_outside_is_refused_not_awaited(self, monitor: Path) -> None:
+        with pytest.raises(RecordingRefusedError):
+            open_recording(f"{monitor}/../never.wav", [monitor], CAP)
+
+    def test_a_file_above_the_cap_is_refused(self, monitor: Path) -> None:
+        (monitor / "a.wav").write_bytes(bytes(CAP + 1))
+        with pytest.raises(RecordingTooLargeError, match=f"{CAP + 1} bytes") as caught:
+            open_recording(str(monitor / "a.wav"), [monitor], CAP)
+        assert isinstance(caught.value, Permanent)
+
+    def test_a_file_at_the_cap_is_fine(self, monitor: Path) -> None:
+        (monitor / "a.wav").write_bytes(bytes(CAP))
+        open_recording(str(monitor / "a.wav"), [monitor], CAP).close()
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+    def test_an_unreadable_file_is_refused(self, monitor: Path) -> None:
+        (monitor / "a.wav").write_bytes(WAV)
+        (monitor / "a.wav").chmod(0)
+        with pytest.raises(RecordingRefusedError, match="cannot be opened"):
+            open_recording(str(monitor / "a.wav"), [monitor], CAP)
+
+
+class TestReading:
+    async def test_chunks_stream_exactly_the_file(self, monitor: Path) -> None:
+        content = bytes(range(256)) * (2 * CHUNK_BYTES // 256 + 3)
+        (monitor / "a.wav").write_bytes(content)
+        recording = open_recording(str(monitor / "a.wav"), [monitor], len(content))
+        with recording.file:
+            chunks = [chunk async for chunk in recording.chunks()]
+        assert [len(chunk) for chunk in chunks] == [CHUNK_BYTES, CHUNK_BYTES, 3 * 256]
+        assert b"".join(chunks) == content
+
+    async def test_a_file_that_shrinks_while_read_is_not_ready(self, monitor: Path) -> None:
+        (monitor / "a.wav").write_bytes(WAV)
+        recording = open_recording(str(monitor / "a.wav"), [monitor], CAP)
+        (monitor / "a.wav").write_bytes(WAV[:4])
+        with recording.file, pytest.raises(RecordingMissingError, match="shrank"):
+            _ = [chunk async for chunk in recording.chunks()]
+
+
+class TestWaiting:
+    def test_backoff_doubles_up_to_a_minute(self) -> None:
+        assert [missing_retry_delay(n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+
+    def test_time_waited_before_a_run(self) -> None:
+        assert [missing_wait_so_far(n) for n in (1, 2, 3, 6)] == [0, 5, 15, 135]
+
+
+class TestSettings:
+    def test_directories_from_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(
+            "CALLBRIDGE_RECORDINGS_DIRS", "/var/spool/asterisk/monitor, /mnt/pbx2/monitor"
+        )
+        settings = Settings()
+        assert settings.recordings_dirs == [
+            Path("/var/spool/asterisk/monitor"),
+            Path("/mnt/pbx2/monitor"),
+        ]
+
+    def test_default_is_the_mixmonitor_directory(self) -> None:
+        assert Settings().recordings_dirs == [Path("/var/spool/asterisk/monitor")]
+
+    def test_relative_directories_are_refused(self) -> None:
+        with pytest.raises(ValueError, match="not an absolute directory"):
+            Settings(recordings_dirs=[Path("monitor")])

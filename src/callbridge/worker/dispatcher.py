@@ -219,6 +219,8 @@ class _Lane:
     #: ``time.operating_reset_at`` per lower-cased method, as the portal last reported it.
     operating_reset_at: dict[str, float] = field(default_factory=dict)
     mirror: BucketMirror | None = None
+    #: Requests of the current round (an upload after the batch is one more).
+    requests_this_round: int = 0
 
 
 class _Prepaid:
@@ -829,6 +831,8 @@ class Dispatcher:
             elif plan.error is not None:
                 outcomes[plan.job.id] = _Outcome(_Fate.FAILED, error=plan.error)
         sendable = [plan for plan in plans if plan.sendable and plan.upload is None]
+        # The lane took one slot of its bucket mirror for this round; uploads add requests.
+        lane.requests_this_round = 0
         if sendable:
             await self._send_request(client, sendable, lane, outcomes)
         uploads = [plan for plan in plans if plan.sendable and plan.upload is not None]
@@ -844,7 +848,7 @@ class Dispatcher:
         outcomes: dict[int, _Outcome],
     ) -> None:
         """Send these commands as one request (one alone, several as a batch)."""
-        self.requests += 1
+        self._count_request(lane)
         self.commands += len(sendable)
         try:
             if len(sendable) == 1:
@@ -935,7 +939,7 @@ class Dispatcher:
             return self._recording_missing(plan, err)
         except RecordingError as err:
             return _Outcome(_Fate.FAILED, error=err)
-        self.requests += 1
+        self._count_request(lane)
         self.commands += 1
         method = plan.command.method
         try:
@@ -954,7 +958,7 @@ class Dispatcher:
                             f"{method} without FILE_CONTENT answered no uploadUrl: {answer!r}",
                             method=method,
                         )
-                    self.requests += 1
+                    self._count_request(lane)
                     value = await client.upload(
                         url,
                         str(target.get("fieldName") or "file"),
@@ -973,6 +977,13 @@ class Dispatcher:
         result = _as_result(value)
         result["uploaded_bytes"] = recording.size
         return _Outcome(_Fate.DONE, result)
+
+    def _count_request(self, lane: _Lane) -> None:
+        """Count a request; past the round's first, it also takes a slot of the bucket mirror."""
+        self.requests += 1
+        lane.requests_this_round += 1
+        if lane.requests_this_round > 1 and lane.mirror is not None:
+            lane.mirror.take(time.monotonic())
 
     def _recording_missing(self, plan: _Planned, err: RecordingMissingError) -> _Outcome:
         """Wait for a recording that is not there yet, with backoff, for a bounded time."""

@@ -611,3 +611,75 @@ class TestRecordingsByPath:
         assert "RecordingNotReadyError" in job.last_error
         assert "does not exist" in job.last_error
         assert "CALLBRIDGE_RECORDING_WAIT_SECONDS" in job.last_error
+
+    async def test_nothing_is_uploaded_for_a_call_whose_register_failed(
+        self, recording_env: Env, monitor: Path
+    ) -> None:
+        env, linkedid = recording_env, "1764180000.7"
+        (monitor / "f.wav").write_bytes(b"RIFF" + bytes(100))
+        async with env.h.session_factory() as session, session.begin():
+            integration = await env.h.integration()
+            assert integration is not None
+            # The seed's user 4 was fired: Bitrix24 refuses to register a call for them.
+            session.add(Bitrix24User(integration_id=integration.id, user_id=4, extension="104"))
+        await env.post(
+            ev(
+                "call.started",
+                linkedid,
+                1,
+                0,
+                direction="outbound",
+                external_number="84951234567",
+                extension="104",
+            ),
+            ev("call.answered", linkedid, 2, 5, extension="104"),
+            ev("call.ended", linkedid, 3, 30, disposition="answered", talk_seconds=25),
+            ev("call.recording", linkedid, 4, 31, path=str(monitor / "f.wav")),
+        )
+        await wait_for_jobs(
+            env,
+            lambda jobs: (
+                any(j.status == JobStatus.DEAD for j in jobs)
+                and all(j.status != JobStatus.RUNNING for j in jobs)
+            ),
+        )
+        jobs = await env.jobs()
+        register = next(j for j in jobs if j.payload["command"]["kind"] == "register")
+        assert register.status == JobStatus.DEAD
+        # The recording waits behind the dead register, as its finish does: untried, kept.
+        job = attach_job(jobs)
+        assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)
+        assert not [r for r in await env.rest_requests() if r["method"].endswith("attachRecord")]
+        assert not [e for e in env.h.api_log.entries if e.method == "upload"]
+
+    async def test_no_upload_when_the_finish_before_it_did_not_get_through(
+        self, recording_env: Env, monitor: Path
+    ) -> None:
+        env, linkedid = recording_env, "1764180000.9"
+        (monitor / "g.wav").write_bytes(b"RIFF" + bytes(100))
+        # One finish uses up the method's execution-time budget: the next one is refused.
+        env.h.emulator.config.method_costs["telephony.externalcall.finish"] = 500.0
+        await env.post(*inbound_answered("1764180000.8"))
+        await env.settle()
+        await env.post(
+            *inbound_answered(linkedid),
+            ev("call.recording", linkedid, 5, 60, path=str(monitor / "g.wav")),
+        )
+        await wait_for_jobs(
+            env,
+            lambda jobs: (
+                any(
+                    j.payload["linkedid"] == linkedid
+                    and j.payload["command"]["kind"] == "finish"
+                    and j.status == JobStatus.QUEUED
+                    and j.last_error
+                    for j in jobs
+                )
+                and all(j.status != JobStatus.RUNNING for j in jobs)
+            ),
+        )
+        job = attach_job([j for j in await env.jobs() if j.payload["linkedid"] == linkedid])
+        # attachRecord only after finish: the upload waits behind its finish, untried.
+        assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)
+        assert not [r for r in await env.rest_requests() if r["method"].endswith("attachRecord")]
+        assert (await env.calls())[f"{linkedid}-0"]["state"] == "registered"

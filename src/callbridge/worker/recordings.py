@@ -129,8 +129,11 @@ def open_recording(path: str, allowed_dirs: Sequence[Path], max_bytes: int) -> O
 
 
 def missing_retry_delay(attempt: int) -> float:
-    """Seconds to wait for a missing recording after run number ``attempt``: 5, 10, 20, … 60."""
-    return min(60.0, 5.0 * 2.0 ** max(attempt - 1, 0))
+    """Seconds to wait for a missing recording after run number ``attempt``: 5, 10, 20, … 120.
+
+    With a job's 10 attempts this spans 635 s, past the default wait of 600 s.
+    """
+    return min(120.0, 5.0 * 2.0 ** max(attempt - 1, 0))
 
 
 def missing_wait_so_far(attempt: int) -> float:

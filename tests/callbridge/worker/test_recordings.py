@@ -170,11 +170,11 @@ class TestReading:
 
 
 class TestWaiting:
-    def test_backoff_doubles_up_to_a_minute(self) -> None:
-        assert [missing_retry_delay(n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+    def test_backoff_doubles_up_to_two_minutes(self) -> None:
+        assert [missing_retry_delay(n) for n in range(1, 8)] == [5, 10, 20, 40, 80, 120, 120]
 
     def test_time_waited_before_a_run(self) -> None:
-        assert [missing_wait_so_far(n) for n in (1, 2, 3, 6)] == [0, 5, 15, 135]
+        assert [missing_wait_so_far(n) for n in (1, 2, 3, 6, 10)] == [0, 5, 15, 155, 635]
 
 
 class TestSettings:

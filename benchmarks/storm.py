@@ -31,53 +31,13 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from sqlalchemy import update  # noqa: E402
+from tests.e2e.processes import KNOWN_CALLER, pbx_call  # noqa: E402
 from tests.e2e.test_calls_e2e import ENTERPRISE, TOKEN, Env, environment  # noqa: E402
 
 from callbridge.storage import migrate  # noqa: E402
 from callbridge.storage.models import Bitrix24Integration, IntegrationStatus  # noqa: E402
 
-KNOWN_CALLER = "84951234567"
 WARM_SECONDS = 15.0
-
-
-def _iso(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).isoformat()
-
-
-def call_events(
-    linkedid: str, start: float, rng: random.Random
-) -> list[tuple[float, dict[str, Any]]]:
-    """A call's events with the wall time each is sent: rings 1-3 users, answered or missed."""
-    # 101-103: the seed's user 4 (104) was fired, and Bitrix24 refuses to finish a call for them.
-    ringing = rng.sample(["101", "102", "103"], rng.randint(1, 3))
-    answered = rng.random() < 0.7
-    ring_for = rng.uniform(1.0, 4.0)
-    talk = rng.uniform(2.0, 8.0) if answered else 0.0
-    events: list[tuple[float, dict[str, Any]]] = []
-
-    def add(offset: float, type_: str, **fields: Any) -> None:
-        when = start + offset
-        events.append(
-            (
-                when,
-                {
-                    "type": type_,
-                    "call_id": linkedid,
-                    "event_id": f"{linkedid}-{len(events)}",
-                    "timestamp": _iso(when),
-                    **fields,
-                },
-            )
-        )
-
-    add(0, "call.started", direction="inbound", external_number=KNOWN_CALLER, line="4951110101")
-    add(0.2, "call.ringing", extensions=ringing)
-    if answered:
-        add(ring_for, "call.answered", extension=ringing[0])
-        add(ring_for + talk, "call.ended", disposition="answered", talk_seconds=int(talk))
-    else:
-        add(ring_for, "call.ended", disposition="no_answer", hangup_cause=19)
-    return events
 
 
 async def post(env: Env, events: list[dict[str, Any]]) -> None:
@@ -168,7 +128,7 @@ async def storm(url: str, tmp: Path, calls: int, seconds: float) -> None:
         begin = time.time() + 0.5
         schedule: list[tuple[float, dict[str, Any]]] = []
         for n in range(calls):
-            schedule += call_events(f"storm.{n}", begin + rng.uniform(0, seconds), rng)
+            schedule += pbx_call(f"storm.{n}", begin + rng.uniform(0, seconds), rng).events
         last_event = max(when for when, _ in schedule)
         before = len(await requests(env))
         started = await play(env, schedule)
@@ -206,7 +166,7 @@ async def latency(url: str, tmp: Path, seconds: int, per_second: int = 1) -> Non
         begin = time.time() + 0.5
         schedule: list[tuple[float, dict[str, Any]]] = []
         for n in range(seconds * per_second):
-            schedule += call_events(f"lat.{n}", begin + n / per_second, rng)
+            schedule += pbx_call(f"lat.{n}", begin + n / per_second, rng).events
         before = len(await requests(env))
         started = await play(env, schedule)
         await env.settle(120)

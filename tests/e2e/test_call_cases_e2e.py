@@ -152,6 +152,24 @@ def started(
     return ev("call.started", linkedid, 1, 0, **fields)
 
 
+def picked_up(linkedid: str, phone: str, /, *, at: float = 5, **start: Any) -> list[dict[str, Any]]:
+    """Events 1-3 of a call that starts, rings ``phone`` and is answered there."""
+    return [
+        started(linkedid, **start),
+        ev("call.ringing", linkedid, 2, 1, extensions=[phone]),
+        ev("call.answered", linkedid, 3, at, extension=phone),
+    ]
+
+
+def transferred(
+    linkedid: str, n: int, at: float, kind: str, from_extension: str, **target: str
+) -> dict[str, Any]:
+    """A ``call.transferred`` event (``to_extension=`` or ``to_number=``)."""
+    return ev(
+        "call.transferred", linkedid, n, at, kind=kind, from_extension=from_extension, **target
+    )
+
+
 def card_moves(call: dict[str, Any]) -> list[tuple[str, int]]:
     """The show/hide requests a call's cards saw (not register's or finish's own)."""
     return [(e["action"], e["user_id"]) for e in call["card_log"] if e["by"] in ("show", "hide")]
@@ -242,9 +260,7 @@ class TestInboundOutcomes:
         leads_before = await cases.portal("leads")
         linkedid = "1764160000.5"
         await cases.post(
-            started(linkedid, number=""),
-            ev("call.ringing", linkedid, 2, 1, extensions=["101"]),
-            ev("call.answered", linkedid, 3, 3, extension="101"),
+            *picked_up(linkedid, "101", at=3, number=""),
             ev("call.ended", linkedid, 4, 13, disposition="ANSWER", talk_seconds=10),
         )
         await cases.settle()
@@ -418,20 +434,10 @@ class TestTransfers:
         linkedid = "1764160300.1"
         cases.pbx.files[f"/monitor/{linkedid}.wav"] = WAV
         await cases.post(
-            started(linkedid),
-            ev("call.ringing", linkedid, 2, 1, extensions=["101"]),
-            ev("call.answered", linkedid, 3, 5, extension="101"),
+            *picked_up(linkedid, "101"),
             # 101 puts the customer on hold and consults 102, who answers; then 101 leaves.
             ev("call.ringing", linkedid, 4, 20, extensions=["102"]),
-            ev(
-                "call.transferred",
-                linkedid,
-                5,
-                35,
-                kind="attended",
-                from_extension="101",
-                to_extension="102",
-            ),
+            transferred(linkedid, 5, 35, "attended", "101", to_extension="102"),
             ev("call.leg_ended", linkedid, 6, 35, extension="101", disposition="ANSWER"),
             ev("call.ended", linkedid, 7, 100, disposition="ANSWER", talk_seconds=95),
             ev("call.recording", linkedid, 8, 101, url=cases.pbx.url(f"/monitor/{linkedid}.wav")),
@@ -482,18 +488,8 @@ class TestTransfers:
     ) -> None:
         linkedid = "1764160300.2"
         await cases.post(
-            started(linkedid),
-            ev("call.ringing", linkedid, 2, 1, extensions=["101"]),
-            ev("call.answered", linkedid, 3, 5, extension="101"),
-            ev(
-                "call.transferred",
-                linkedid,
-                4,
-                45,
-                kind="blind",
-                from_extension="101",
-                to_extension="103",
-            ),
+            *picked_up(linkedid, "101"),
+            transferred(linkedid, 4, 45, "blind", "101", to_extension="103"),
             ev("call.ringing", linkedid, 5, 45, extensions=["103"]),
             ev("call.leg_ended", linkedid, 6, 65, extension="103", disposition="NOANSWER"),
             ev("call.ended", linkedid, 7, 65, disposition="NOANSWER", talk_seconds=40),
@@ -524,18 +520,8 @@ class TestTransferOutside:
             )
         linkedid = "1764160350.1"
         await cases.post(
-            started(linkedid),
-            ev("call.ringing", linkedid, 2, 1, extensions=["101"]),
-            ev("call.answered", linkedid, 3, 5, extension="101"),
-            ev(
-                "call.transferred",
-                linkedid,
-                4,
-                25,
-                kind="blind",
-                from_extension="101",
-                to_number="8 916 123-45-67",
-            ),
+            *picked_up(linkedid, "101"),
+            transferred(linkedid, 4, 25, "blind", "101", to_number="8 916 123-45-67"),
             ev("call.answered", linkedid, 5, 30),
             ev("call.ended", linkedid, 6, 90, disposition="ANSWER", talk_seconds=80),
         )
@@ -553,18 +539,8 @@ class TestTransferOutside:
     async def test_blind_transfer_to_a_stranger_stays_with_the_employee(self, cases: Cases) -> None:
         linkedid = "1764160350.2"
         await cases.post(
-            started(linkedid),
-            ev("call.ringing", linkedid, 2, 1, extensions=["102"]),
-            ev("call.answered", linkedid, 3, 5, extension="102"),
-            ev(
-                "call.transferred",
-                linkedid,
-                4,
-                15,
-                kind="blind",
-                from_extension="102",
-                to_number="84997770099",
-            ),
+            *picked_up(linkedid, "102"),
+            transferred(linkedid, 4, 15, "blind", "102", to_number="84997770099"),
             ev("call.answered", linkedid, 5, 18),
             ev("call.ended", linkedid, 6, 48, disposition="ANSWER", talk_seconds=40),
         )
@@ -579,9 +555,9 @@ class TestOutboundAndInternal:
         before = len(await cases.env.rest_requests())
         linkedid = "1764160400.1"
         await cases.post(
-            started(linkedid, direction="internal", number="102", line="", extension="101"),
-            ev("call.ringing", linkedid, 2, 1, extensions=["102"]),
-            ev("call.answered", linkedid, 3, 3, extension="102"),
+            *picked_up(
+                linkedid, "102", at=3, direction="internal", number="102", line="", extension="101"
+            ),
             ev("call.ended", linkedid, 4, 33, disposition="ANSWER", talk_seconds=30),
         )
         await cases.settle()
@@ -661,9 +637,7 @@ class TestDefaultUser:
         await cases.configure(default_user_id=3)
         linkedid = "1764160500.1"
         await cases.post(
-            started(linkedid),
-            ev("call.ringing", linkedid, 2, 1, extensions=["150"]),
-            ev("call.answered", linkedid, 3, 4, extension="150"),
+            *picked_up(linkedid, "150", at=4),
             ev("call.ended", linkedid, 4, 24, disposition="ANSWER", talk_seconds=20),
         )
         await cases.settle()
@@ -780,9 +754,7 @@ class TestFinishDetails:
     async def test_vote_and_cost_reach_the_finish(self, cases: Cases) -> None:
         linkedid = "1764160700.1"
         await cases.post(
-            started(linkedid),
-            ev("call.ringing", linkedid, 2, 1, extensions=["101"]),
-            ev("call.answered", linkedid, 3, 5, extension="101"),
+            *picked_up(linkedid, "101"),
             # The employee hangs up first; the customer rates the call in the IVR afterwards.
             ev("call.leg_ended", linkedid, 4, 50, extension="101", disposition="ANSWER"),
             ev(
@@ -833,9 +805,7 @@ class TestRecordings:
         cases.pbx.files[path] = WAV
         # MixMonitor's file is announced before the hangup handler reports the end.
         await cases.post(
-            started(linkedid),
-            ev("call.ringing", linkedid, 2, 1, extensions=["102"]),
-            ev("call.answered", linkedid, 3, 4, extension="102"),
+            *picked_up(linkedid, "102", at=4),
             ev("call.recording", linkedid, 4, 30, url=cases.pbx.url(path)),
         )
         await cases.settle()
@@ -855,18 +825,8 @@ class TestRecordings:
         linkedid = "1764160800.2"
         cases.pbx.files["/monitor/part-102.mp3"] = b"ID3" + bytes(32)
         await cases.post(
-            started(linkedid),
-            ev("call.ringing", linkedid, 2, 1, extensions=["101"]),
-            ev("call.answered", linkedid, 3, 5, extension="101"),
-            ev(
-                "call.transferred",
-                linkedid,
-                4,
-                25,
-                kind="attended",
-                from_extension="101",
-                to_extension="102",
-            ),
+            *picked_up(linkedid, "101"),
+            transferred(linkedid, 4, 25, "attended", "101", to_extension="102"),
             ev("call.ended", linkedid, 5, 55, disposition="ANSWER", talk_seconds=50),
             ev(
                 "call.recording",
@@ -1001,9 +961,7 @@ class TestPhoneNumbers:
         leads_before = await cases.portal("leads")
         linkedid = "1764161000.1"
         await cases.post(
-            started(linkedid, number=spelling),
-            ev("call.ringing", linkedid, 2, 1, extensions=["102"]),
-            ev("call.answered", linkedid, 3, 4, extension="102"),
+            *picked_up(linkedid, "102", at=4, number=spelling),
             ev("call.ended", linkedid, 4, 14, disposition="ANSWER", talk_seconds=10),
         )
         await cases.settle()

@@ -22,6 +22,7 @@ what reached the portal; ``tests/e2e/test_outage_e2e.py`` and ``benchmarks/outag
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -201,8 +202,8 @@ class Stack:
     bridge_url: str
     emulator: asyncio.subprocess.Process | None = None
     web: asyncio.subprocess.Process | None = None
-    worker: asyncio.subprocess.Process | None = None
-    worker_starts: int = 0
+    #: Every ``callbridge worker`` started, in order (killed ones too).
+    workers: list[asyncio.subprocess.Process] = field(default_factory=list)
     control: httpx.AsyncClient = field(init=False)
 
     def __post_init__(self) -> None:
@@ -218,7 +219,7 @@ class Stack:
     async def _spawn(self, name: str, *args: str) -> asyncio.subprocess.Process:
         log = (self.tmp / f"{name}.log").open("ab")
         try:
-            return await asyncio.create_subprocess_exec(
+            process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 *args,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -229,17 +230,34 @@ class Stack:
             )
         finally:
             log.close()
+        _spawned[:] = [p for p in _spawned if p.returncode is None]
+        _spawned.append(process)
+        return process
 
-    async def start_worker(self) -> None:
-        """Start a ``callbridge worker`` process."""
-        self.worker_starts += 1
-        self.worker = await self._spawn(f"worker{self.worker_starts}", "-m", "callbridge", "worker")
+    @property
+    def worker(self) -> asyncio.subprocess.Process | None:
+        """The worker started last."""
+        return self.workers[-1] if self.workers else None
 
-    async def kill_worker(self) -> None:
-        """SIGKILL the worker: no shutdown, no lease released, requests cut mid-way."""
-        assert self.worker is not None
-        self.worker.send_signal(signal.SIGKILL)
-        await self.worker.wait()
+    async def start_worker(self) -> asyncio.subprocess.Process:
+        """Start one more ``callbridge worker`` process (its log: ``worker<N>.log``)."""
+        name = f"worker{len(self.workers) + 1}"
+        process = await self._spawn(name, "-m", "callbridge", "worker")
+        self.workers.append(process)
+        return process
+
+    def worker_log(self, process: asyncio.subprocess.Process) -> str:
+        """What ``process`` (one of :attr:`workers`) has logged so far."""
+        path = self.tmp / f"worker{self.workers.index(process) + 1}.log"
+        return path.read_text(errors="replace")
+
+    async def kill_worker(self, process: asyncio.subprocess.Process | None = None) -> None:
+        """SIGKILL a worker (the last one started by default): no shutdown, no lease released,
+        requests cut mid-way, its database connections closed by the kernel."""
+        process = process or self.worker
+        assert process is not None
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
 
     async def emulator_fault(self, kind: str, seconds: float) -> None:
         """The emulator fails every REST and OAuth request with ``kind`` for ``seconds``."""
@@ -260,10 +278,11 @@ class Stack:
 
     async def stop(self) -> None:
         """Stop every process (gracefully, then by force) and the proxy."""
-        for process in (self.worker, self.web, self.emulator):
+        processes = [*self.workers, self.web, self.emulator]
+        for process in processes:
             if process is not None and process.returncode is None:
                 process.terminate()
-        for process in (self.worker, self.web, self.emulator):
+        for process in processes:
             if process is None:
                 continue
             try:
@@ -275,6 +294,42 @@ class Stack:
         await self.control.aclose()
 
 
+def tcp_ports(pid: int) -> set[int]:
+    """Local ports of the TCP sockets process ``pid`` has open (Linux ``/proc``).
+
+    Which process is at the other end of a connection the test sees (a PBX client, a
+    PostgreSQL backend's ``client_port``): the one holding a socket bound to that port.
+    """
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cells = line.split()
+                if len(cells) > 9 and cells[9] in inodes:
+                    ports.add(int(cells[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+#: Every process any stack started: whatever a test's teardown could not stop (the event loop
+#: torn down by a timeout, an interrupted run) is killed when the interpreter exits.
+_spawned: list[asyncio.subprocess.Process] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for process in _spawned:
+        if process.returncode is None:
+            # Each process leads its own session (start_new_session): kill its whole group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+
 def _overrides(env: dict[str, str]) -> dict[str, str]:
     """The stack's ``CALLBRIDGE_*`` variables as settings (what the processes read)."""
     return {
@@ -282,14 +337,19 @@ def _overrides(env: dict[str, str]) -> dict[str, str]:
     }
 
 
-async def _prepare_database(settings: Settings, box: SecretBox) -> None:
+async def _prepare_database(settings: Settings, box: SecretBox, ami_url: str | None) -> None:
     """``callbridge migrate`` and ``callbridge enterprise add``, in this process (quicker)."""
     await migrate.upgrade(settings.effective_database_url)
     engine = create_engine(settings.effective_database_url)
     try:
         async with create_session_factory(engine)() as session, session.begin():
             await EnterpriseRepository(session).add(
-                Enterprise(number=ENTERPRISE, name="Outage", webhook_secret_enc=box.encrypt(TOKEN))
+                Enterprise(
+                    number=ENTERPRISE,
+                    name="Outage",
+                    webhook_secret_enc=box.encrypt(TOKEN),
+                    ami_url_enc=box.encrypt(ami_url) if ami_url else None,
+                )
             )
     finally:
         await engine.dispose()
@@ -330,8 +390,11 @@ async def stack(
     lease_seconds: float = 10.0,
     latency_ms: float = 0.0,
     plan: str = "standard",
+    workers: int = 1,
+    ami_url: str | None = None,
 ) -> AsyncIterator[Stack]:
-    """Emulator, proxy, web app and worker running on ``database_url``, the app installed."""
+    """Emulator, proxy, web app and ``workers`` workers running on ``database_url``, the app
+    installed; with ``ami_url`` the enterprise has it and the workers listen to its AMI."""
     os.makedirs(tmp, exist_ok=True)
     emulator_port, proxy_port, bridge_port = free_port(), free_port(), free_port()
     bridge_url = f"http://{HOST}:{bridge_port}"
@@ -351,7 +414,7 @@ async def stack(
         "CALLBRIDGE_JOB_LEASE_SECONDS": f"{lease_seconds:g}",
         "CALLBRIDGE_HTTP_TIMEOUT_SECONDS": "5",
         "CALLBRIDGE_WORKER_SHUTDOWN_TIMEOUT_SECONDS": "5",
-        "CALLBRIDGE_AMI_ENABLED": "false",
+        "CALLBRIDGE_AMI_ENABLED": "true" if ami_url else "false",
         "CALLBRIDGE_LOG_LEVEL": "INFO",
     }
     s = Stack(
@@ -376,7 +439,7 @@ async def stack(
         await s.proxy.up()
         settings = load_settings(**_overrides(env))
         box = SecretBox(settings.fernet_keys())
-        await _prepare_database(settings, box)
+        await _prepare_database(settings, box, ami_url)
         s.web = await s._spawn("web", "-m", "callbridge", "serve")
         await _wait_http(f"http://{HOST}:{emulator_port}/_emulator/state", s.emulator, "emulator")
         await _wait_http(f"{bridge_url}/readyz", s.web, "web app")
@@ -394,7 +457,8 @@ async def stack(
         response.raise_for_status()
         member_id = str((await s.control.get("/_emulator/state")).json()["member_id"])
         await _link_portal(settings, box, member_id)
-        await s.start_worker()
+        for _ in range(workers):
+            await s.start_worker()
         yield s
     finally:
         await s.stop()
@@ -636,7 +700,8 @@ async def wait_idle(database_url: str, within: float) -> int:
         await asyncio.sleep(0.25)
 
 
-async def _all_requests(control: httpx.AsyncClient) -> list[dict[str, Any]]:
+async def portal_requests(control: httpx.AsyncClient) -> list[dict[str, Any]]:
+    """Every request the emulator logged, oldest first."""
     seen: list[dict[str, Any]] = []
     since = 0
     while True:
@@ -649,14 +714,15 @@ async def _all_requests(control: httpx.AsyncClient) -> list[dict[str, Any]]:
         since = page[-1]["id"]
 
 
-def _registers(request: dict[str, Any]) -> list[str]:
-    """EXTERNAL_CALL_IDs of the registers a request carried that the portal accepted."""
+def accepted_commands(request: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """(method in lower case, parameters) of each command a request carried that the portal
+    accepted: the request itself, or each successful command of a ``batch``."""
     params = request.get("params") or {}
     method = str(request.get("method") or "").lower()
-    if method == "telephony.externalcall.register" and request.get("status") == 200:
-        return [str(params.get("EXTERNAL_CALL_ID"))]
     if method != "batch":
-        return []
+        if request.get("status") != 200 or not method:
+            return []
+        return [(method, {str(k): str(v) for k, v in params.items()})]
     ok = {sub["id"] for sub in request.get("batch") or [] if not sub.get("error")}
     commands = params.get("cmd") or params.get("CMD") or {}
     if isinstance(commands, list):
@@ -664,9 +730,18 @@ def _registers(request: dict[str, Any]) -> list[str]:
     out = []
     for name, command in commands.items():
         sub, _, query = str(command).partition("?")
-        if name in ok and sub.lower().endswith("externalcall.register"):
-            out.append(dict(parse_qsl(query)).get("EXTERNAL_CALL_ID", ""))
+        if name in ok:
+            out.append((sub.lower(), dict(parse_qsl(query))))
     return out
+
+
+def _registers(request: dict[str, Any]) -> list[str]:
+    """EXTERNAL_CALL_IDs of the registers a request carried that the portal accepted."""
+    return [
+        params.get("EXTERNAL_CALL_ID", "")
+        for method, params in accepted_commands(request)
+        if method == "telephony.externalcall.register"
+    ]
 
 
 async def run_outage(s: Stack, scenario: Scenario) -> Report:
@@ -752,7 +827,7 @@ async def run_outage(s: Stack, scenario: Scenario) -> Report:
         else:
             report.finished_right += 1
 
-    requests = [r for r in await _all_requests(s.control) if str(r["path"]).startswith("/rest")]
+    requests = [r for r in await portal_requests(s.control) if str(r["path"]).startswith("/rest")]
     report.requests = sum(1 for r in requests if not str(r.get("method")).startswith("fault:"))
     report.faulted = sum(1 for r in requests if str(r.get("method")).startswith("fault:"))
     report.portal_503s = sum(1 for r in requests if r.get("error") == "QUERY_LIMIT_EXCEEDED")

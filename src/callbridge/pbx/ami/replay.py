@@ -255,6 +255,8 @@ class AmiReplayServer:
         self.played = 0
         #: Successful logins so far.
         self.logins = 0
+        #: The most clients ever logged in at once.
+        self.most_clients = 0
         #: While True the server reads actions but answers none (a hung PBX).
         self.muted = False
         #: Set when a non-looping playlist has been played to the end.
@@ -334,6 +336,11 @@ class AmiReplayServer:
     def clients(self) -> int:
         """Clients currently logged in."""
         return sum(1 for session in self._sessions if session.authenticated)
+
+    @property
+    def peers(self) -> list[str]:
+        """``host:port`` of each client logged in (which process is connected)."""
+        return sorted(session.peer for session in self._sessions if session.authenticated)
 
     def drop_connections(self) -> int:
         """Abort every client connection at once (a PBX restart); return how many."""
@@ -637,6 +644,7 @@ class AmiReplayServer:
         session.username = username
         session.events_mask = (action.get("Events") or "on").strip().lower()
         self.logins += 1
+        self.most_clients = max(self.most_clients, self.clients)
         await self._reply(
             session, action, ("Response", "Success"), ("Message", "Authentication accepted")
         )

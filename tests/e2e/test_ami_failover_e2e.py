@@ -256,9 +256,7 @@ async def test_the_standby_takes_over_a_killed_listener_and_every_call_ends_once
             holder = await see.listening()
             standby = second if holder is first else first
             await see.standby(standby)
-            await asyncio.sleep(LOCK_RETRY_INTERVAL + 1)  # the standby tried again at least once
-            assert await see.listening() is holder
-            assert replay.logins == 1
+            refused = time.monotonic()
 
             # -- call 1 whole, call 2 up to its talk ------------------------------------------
             replay.resume(hold_at=counts[0] + RINGGROUP_TALKING)
@@ -276,6 +274,10 @@ async def test_the_standby_takes_over_a_killed_listener_and_every_call_ends_once
 
             await see.until("call 1 finished and call 2 talking", ringgroup_talking, TIMEOUT)
             await see.settled()  # nothing in flight: a second register would be the takeover's
+            # The standby has tried again since it was first refused, and was refused again.
+            await asyncio.sleep(max(0.0, refused + LOCK_RETRY_INTERVAL + 1 - time.monotonic()))
+            assert await see.listening() is holder
+            assert replay.logins == 1
 
             # -- the holder dies mid-call ------------------------------------------------------
             killed = time.monotonic()
@@ -285,13 +287,11 @@ async def test_the_standby_takes_over_a_killed_listener_and_every_call_ends_once
             await see.until("the standby caught up", lambda: see.connected_by(standby), TIMEOUT)
             timings["takeover 1: caught up"] = time.monotonic() - killed
             assert await see.listening() is standby
-            # The killed worker's replacement (started now, so that it cannot race the standby
-            # for the lock): the new standby.
-            third = await s.start_worker()
-            await see.standby(third)
 
-            # -- call 2 hangs up, call 3 is answered -------------------------------------------
+            # -- call 2 hangs up, call 3 is answered; the killed worker's replacement starts ----
             replay.resume(hold_at=counts[0] + counts[1] + TALKING)
+            # Started only now, so that it cannot race the standby for the lock: the new standby.
+            third = await s.start_worker()
 
             async def talking() -> bool:
                 calls = await see.portal_calls()
@@ -307,6 +307,7 @@ async def test_the_standby_takes_over_a_killed_listener_and_every_call_ends_once
 
             await see.until("call 2 finished and call 3 talking", talking, TIMEOUT)
             await see.settled()
+            await see.standby(third)
 
             # -- the new holder dies, and the call ends while nobody listens -------------------
             killed = time.monotonic()

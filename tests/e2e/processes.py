@@ -17,6 +17,10 @@ The emulator's own fault modes (``503``, ``reset``, ``timeout`` for a window) ar
 
 :func:`run_outage` plays a call storm through an outage and a SIGKILL of the worker and counts
 what reached the portal; ``tests/e2e/test_outage_e2e.py`` and ``benchmarks/outage.py`` use it.
+With ``workers=N`` and ``ami_url`` the stack runs N workers listening to a PBX's AMI (one holds
+the listener, the others wait), which ``tests/e2e/test_ami_failover_e2e.py`` kills one by one.
+Every process is stopped when the stack's context exits, and killed when the interpreter exits
+if that could not run.
 """
 
 from __future__ import annotations

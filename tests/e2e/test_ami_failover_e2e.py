@@ -27,6 +27,7 @@ lock at most 5 s after the kill, then connects and logs in to the PBX over loopb
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,7 @@ from callbridge.storage.ami import ADVISORY_LOCK_CLASS
 from callbridge.storage.db import create_unpooled_engine
 from callbridge.storage.models import AmiStatus, Enterprise, Job, JobStatus
 from callbridge.storage.models import Call as CallRow
+from callbridge.worker.ami import AmiSupervisor
 from tests.callbridge.pbx.ami.conftest import stream
 from tests.conftest import Database
 from tests.e2e.processes import (
@@ -80,8 +82,10 @@ RINGGROUP_TALKING = 80
 #: Events of TALKING_CALL played when its holder dies: 101 answered (DialEnd ANSWER is event 39)
 #: and is bridged (47, 49); the hang-up (BridgeLeave 71) is still to come.
 TALKING = 60
-#: The worker's AmiSupervisor default (not a setting): how often a standby tries the lock.
-LOCK_RETRY_INTERVAL = 5.0
+#: How often a standby tries the lock: the worker runs AmiSupervisor with its default.
+LOCK_RETRY_INTERVAL: float = (
+    inspect.signature(AmiSupervisor).parameters["lock_retry_interval"].default
+)
 TAKEOVER_BOUND = LOCK_RETRY_INTERVAL + 5.0
 #: The killed holder's backend lets the lock go as soon as it reads EOF: no lease to expire.
 LOCK_FREED_BOUND = 2.0

@@ -247,6 +247,42 @@ class TestSessions:
         assert banner == b"Asterisk Call Manager/11.0.0\r\n"
         assert b"Response: Error\r\nActionID: 1\r\nMessage: Authentication Required" in answer
 
+    async def test_who_is_logged_in_and_the_most_at_once(
+        self, replay_server: ServerFactory
+    ) -> None:
+        server = await replay_server()
+        writers: list[asyncio.StreamWriter] = []
+
+        async def connect(*, login: bool) -> str:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writers.append(writer)
+            await reader.readline()  # the banner
+            if login:
+                writer.write(b"Action: Login\r\nUsername: crm\r\nSecret: crm-secret\r\n\r\n")
+                assert b"Response: Success" in await reader.readuntil(b"\r\n\r\n")
+            return f"127.0.0.1:{writer.get_extra_info('sockname')[1]}"
+
+        try:
+            first = await connect(login=True)
+            second = await connect(login=True)
+            await connect(login=False)  # connected, not logged in: not a client
+            assert server.peers == sorted([first, second])
+            assert server.most_clients == 2
+
+            writers[0].close()
+            async with asyncio.timeout(TIMEOUT):
+                while True:  # the server reads the EOF in its own time
+                    if server.clients == 1:
+                        break
+                    await asyncio.sleep(0.01)
+            third = await connect(login=True)
+
+            assert server.peers == sorted([second, third])
+            assert (server.most_clients, server.logins) == (2, 3)
+        finally:
+            for writer in writers:
+                writer.close()
+
     def test_a_recording_without_timing_plays_without_waits(self, tmp_path: Path) -> None:
         copy = tmp_path / "untimed.ami"
         copy.write_bytes(stream("b_inbound_noanswer").read_bytes())

@@ -245,6 +245,9 @@ class AmiReplayServer:
     hold_at
         Stop the timeline once this many events have been played, until :meth:`resume`
         (tests use it to act at an exact point of a call).
+    ping_timestamp
+        Answer ``Ping`` with the PBX's ``Timestamp``, as Asterisk does; False plays an older
+        PBX that does not say its time.
     """
 
     def __init__(
@@ -261,6 +264,7 @@ class AmiReplayServer:
         pause_without_clients: bool = True,
         gap: float = 1.0,
         hold_at: int | None = None,
+        ping_timestamp: bool = True,
     ) -> None:
         if speed < 0:
             raise ValueError("speed must be >= 0")
@@ -274,6 +278,7 @@ class AmiReplayServer:
         self.originate_mode: OriginateMode = originate_mode
         self.pause_without_clients = pause_without_clients
         self.gap = gap
+        self.ping_timestamp = ping_timestamp
         banners = [r.banner for r in self.recordings]
         self.banner = banners[0] if banners else DEFAULT_BANNER
         #: Every Originate action received, in order (a test asserts none was sent twice).
@@ -302,8 +307,11 @@ class AmiReplayServer:
         self._actions_changed = asyncio.Condition()
         self._hold_at = hold_at
         self._released = asyncio.Event()
-        # The recordings' clock while playing with add_timestamps (None before the first play).
+        # The recordings' clock while the events played carry Timestamps, else None.
         self._clock: _Clock | None = None
+        # Actions (lower-case names) answered only once released, and the release.
+        self._answers_held: frozenset[str] = frozenset()
+        self._answers_released = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -394,6 +402,17 @@ class AmiReplayServer:
         """Let a held timeline go on, up to ``hold_at`` events in all (None: to the end)."""
         self._hold_at = hold_at
         self._released.set()
+
+    def hold_answers(self, *actions: str) -> None:
+        """Answer these actions only after :meth:`release_answers` (a busy PBX); the timeline
+        goes on meanwhile, so events are sent before the answer."""
+        self._answers_held = frozenset(action.lower() for action in actions)
+        self._answers_released.clear()
+
+    def release_answers(self) -> None:
+        """Answer the held actions now, and the next ones at once."""
+        self._answers_held = frozenset()
+        self._answers_released.set()
 
     def pbx_time(self) -> float:
         """Now in the replayed PBX's clock (epoch seconds), as ``Ping`` answers it.
@@ -632,6 +651,8 @@ class AmiReplayServer:
             self.originates.append(action)
         if self.muted:
             return True
+        if name in self._answers_held:
+            await self._answers_released.wait()
         if name == "challenge":
             session.challenge = str(secrets.randbelow(10**9)).zfill(9)
             await self._reply(
@@ -651,13 +672,10 @@ class AmiReplayServer:
             )
             return True
         if name == "ping":
-            await self._reply(
-                session,
-                action,
-                ("Response", "Success"),
-                ("Ping", "Pong"),
-                ("Timestamp", f"{self.pbx_time():.6f}"),
-            )
+            pong = [("Response", "Success"), ("Ping", "Pong")]
+            if self.ping_timestamp:
+                pong.append(("Timestamp", f"{self.pbx_time():.6f}"))
+            await self._reply(session, action, *pong)
         elif name == "events":
             mask = (action.get("EventMask") or "on").strip().lower()
             session.events_mask = mask

@@ -477,6 +477,36 @@ class TestCatchingUp:
         assert abs(call.answered_at.timestamp() - bridged) < 1
         assert call.talk_seconds == RECORDED_TALK
 
+    async def test_lost_before_any_event_a_call_ends_in_the_pbx_clock(
+        self, env: Env, server: list[AmiReplayServer]
+    ) -> None:
+        replay = await start_server(
+            server, stream(A2), hold_at=BRIDGED, pause_without_clients=False
+        )
+        async with asyncio.timeout(TIMEOUT):
+            await replay.wait_played(BRIDGED)
+        gate = asyncio.Event()
+
+        async def gated_sleep(_delay: float) -> None:
+            await gate.wait()
+
+        listener = env.start(replay.port, client_options={"sleep": gated_sleep})
+        async with asyncio.timeout(TIMEOUT):
+            await listener.connected.wait()
+        await env.wait_call("active", answered_by="101")
+        # Dropped before the PBX sent a single event: only its Ping told its clock.
+        replay.drop_connections()
+        replay.resume()  # the call hangs up while nobody listens
+        async with asyncio.timeout(TIMEOUT):
+            await replay.finished.wait()
+        await until(lambda: listener.status.state is ListenerState.DISCONNECTED)
+        gate.set()
+
+        call = await env.wait_call("ended")
+        # Ended as of when we lost sight of it, in the PBX's clock: not hours of ours.
+        assert 0 <= call.talk_seconds <= RECORDED_TALK
+        assert listener.status.reconnects == 1
+
     async def test_a_pbx_that_does_not_say_its_time_dates_by_the_uniqueid(
         self, env: Env, server: list[AmiReplayServer]
     ) -> None:

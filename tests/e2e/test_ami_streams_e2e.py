@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -136,8 +137,9 @@ def assert_start(call: dict[str, Any], at: float) -> None:
 
     The recordings hold both: a2's first channel has Uniqueid ``1795711842.304`` and its CEL
     ``CHAN_START`` says ``EventTime: 2026-11-26 16:50:42`` (second …842), while its Newchannel
-    is stamped ``Timestamp: 1795711843.000573``. A listener that adopts the channel from
-    ``CoreShowChannels`` (it logs in as the call begins) dates it by the Uniqueid.
+    is stamped ``Timestamp: 1795711843.000573``. A listener that joins the call in progress
+    adopts the channel from ``CoreShowChannels`` and dates it by its ``Duration`` there and its
+    Uniqueid: the second before.
     """
     assert int(at) - 1 <= float(call["CALL_START"]) <= at, (call["CALL_START"], at)
 
@@ -637,3 +639,61 @@ class TestDisconnect:
 
 async def _reconnected(listener: AmiListener) -> bool:
     return listener.status.reconnects >= 1 and listener.connected.is_set()
+
+
+# -- joining a call in progress ----------------------------------------------------------------
+
+
+class TestJoinMidCall:
+    """The listener logs in while a call is in progress, on a PBX whose clock is not ours.
+
+    The replayer's clock is the recording's (hours before ours): its events' ``Timestamp``
+    headers, its ``Ping`` and its ``CoreShowChannel`` ``Duration`` all count in it. The call's
+    start comes from the list of live channels, its talk from the events after (ringing) or
+    from the list too (talking); both must come out in the PBX's clock.
+    """
+
+    NAME = "a2_inbound_answered_timestamps"
+
+    @pytest.mark.parametrize(
+        ("joined_at", "answered"),
+        # Ringing: 101's phone rings (event 25), its answer (34) is still to come. Talking: both
+        # channels are in the bridge (47, 49); the hang-up is 3 s away.
+        [(32, False), (53, True)],
+        ids=["ringing", "talking"],
+    )
+    async def test_call_start_and_duration_are_the_recorded_ones(
+        self, fresh_database_url: str, tmp_path: Path, joined_at: int, answered: bool
+    ) -> None:
+        facts = recorded(self.NAME)
+        events = Recording.load(stream(self.NAME)).events
+        assert any(e.message.name == "BridgeEnter" for e in events[:joined_at]) is answered
+        # Played before anyone listens.
+        replay = await replayer(self.NAME, hold_at=joined_at, pause_without_clients=False)
+        async with asyncio.timeout(TIMEOUT):
+            await replay.wait_played(joined_at)
+        async with environment(fresh_database_url, tmp_path, replay) as env:
+            supervisor = env.supervisor
+            await _until(lambda: _connected(supervisor, env.enterprise_id))
+            listener = supervisor.listeners[env.enterprise_id]
+            offset = listener.translator.clock_offset
+            assert offset is not None
+            # The PBX's clock is the recording's, far from ours.
+            assert abs(offset) > 3600
+            pbx_now = events[joined_at - 1].message.timestamp
+            assert pbx_now is not None
+            assert abs(offset - (pbx_now - time.time())) < 5
+            replay.resume()
+            (call,) = await env.settled()
+            assert call["EXTERNAL_CALL_ID"] == f"100/{facts.linkedid}-0"
+            assert (call["TYPE"], call["PHONE_NUMBER"], call["LINE_NUMBER"]) == (
+                2,
+                CALLER,
+                facts.did,
+            )
+            assert_start(call, facts.started)
+            assert (await env.credited(call), call["STATUS_CODE"]) == (USERS["101"], "200")
+            assert_duration(call, facts.talk["101"])
+            methods = await env.methods()
+            assert methods.count("telephony.externalCall.register") == 1
+            assert methods.count("telephony.externalCall.finish") == 1

@@ -173,7 +173,9 @@ class TestSupervisor:
 
         async def counted() -> bool:
             status = await cluster.status(enterprise_id)
-            return status is not None and status.events_in > 0
+            # Connected once caught up with the PBX's channels, which it lists after the events
+            # it sent before (at speed 0, the whole call): those count while it connects.
+            return status is not None and status.events_in > 0 and status.state == "connected"
 
         await until_async(counted)
         status = await cluster.status(enterprise_id)

@@ -5,7 +5,14 @@ actions that asked, ``client`` owns the connection (login, events, keep-alive, r
 ``replay`` serves recorded streams to clients for tests and the demo.
 """
 
-from callbridge.pbx.ami.client import AmiClient, Backoff, Disconnected, Reconnected
+from callbridge.pbx.ami.client import (
+    AmiClient,
+    Backoff,
+    Disconnected,
+    ListResult,
+    Pong,
+    Reconnected,
+)
 from callbridge.pbx.ami.errors import (
     AmiActionError,
     AmiAuthenticationError,
@@ -37,7 +44,9 @@ __all__ = [
     "Backoff",
     "Disconnected",
     "Event",
+    "ListResult",
     "Message",
+    "Pong",
     "Reconnected",
     "Response",
 ]

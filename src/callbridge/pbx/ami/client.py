@@ -3,12 +3,16 @@
 ::
 
     async with AmiClient("pbx.example", 5038, "crm", "secret", filters=["!Event: RTCP"]) as ami:
-        pong = await ami.send_action("Ping")
+        pong = await ami.ping()  # pong.clock_offset: the PBX's clock minus ours
         channels = await ami.send_action_list("CoreShowChannels")
         async for event in ami:
             if isinstance(event, Reconnected):
                 ...  # events were missed: reconcile with CoreShowChannels
             ...
+
+A list action sent with ``in_stream=True`` also comes back in the event stream, as a
+:class:`ListResult` where the PBX answered it: the events before it are older than the list, the
+events after it newer (a snapshot such as ``CoreShowChannels`` is applied in stream order).
 
 One supervisor task owns the connection. It logs in (MD5 challenge or plain), narrows the event
 flow (``Filter``, then ``Events``), pings the PBX and, when the connection drops or stops
@@ -38,7 +42,7 @@ from typing import Any, Literal, Self
 
 import structlog
 
-from callbridge.pbx.ami.correlation import ActionResult, Correlator
+from callbridge.pbx.ami.correlation import ActionResult, Correlator, ListResult
 from callbridge.pbx.ami.errors import (
     AmiActionError,
     AmiAuthenticationError,
@@ -60,7 +64,15 @@ from callbridge.pbx.ami.protocol import (
     encode_action,
 )
 
-__all__ = ["AmiClient", "Backoff", "ClientState", "Disconnected", "Reconnected"]
+__all__ = [
+    "AmiClient",
+    "Backoff",
+    "ClientState",
+    "Disconnected",
+    "ListResult",
+    "Pong",
+    "Reconnected",
+]
 
 logger = structlog.stdlib.get_logger("callbridge.pbx.ami")
 
@@ -98,6 +110,19 @@ class Backoff:
         base = min(self.maximum, self.initial * self.factor ** min(attempt, 64))
         spread = base * self.jitter * (2 * self.rng.random() - 1)
         return max(0.0, min(self.maximum, base + spread))
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The PBX's answer to a ``Ping``: how long it took, and the PBX's clock against ours."""
+
+    #: Seconds from sending the Ping to reading the answer.
+    round_trip: float
+    #: The PBX's time (epoch seconds) when it answered: its ``Timestamp`` header, when sent.
+    pbx_time: float | None
+    #: The PBX's clock minus ours (the client's ``wall_clock``), in seconds, taking the PBX's
+    #: time to be that of the round trip's midpoint; None when the PBX did not say its time.
+    clock_offset: float | None
 
 
 class Disconnected(Event):
@@ -418,19 +443,49 @@ class AmiClient:
         /,
         *,
         response_timeout: float | None = None,
+        in_stream: bool = False,
         **extra: HeaderValue,
     ) -> list[Event]:
         """Send a list action (``CoreShowChannels``) and return its events, without the
         closing ``...Complete`` event.
 
+        With ``in_stream`` the list is also put in the event stream, as a :class:`ListResult`
+        at the place of the PBX's answer, so a consumer can apply it in stream order: after
+        the events that came before it, before those that came after.
+
         Raises the same errors as :meth:`send_action`.
         """
         connection = self._require_connection(action)
         result = await self._request(
-            connection, action, {**(headers or {}), **extra}, response_timeout, collect=True
+            connection,
+            action,
+            {**(headers or {}), **extra},
+            response_timeout,
+            collect=True,
+            in_stream=in_stream,
         )
         _checked(result.response, action, check=True)
         return list(result.events)
+
+    async def ping(self, *, response_timeout: float | None = None) -> Pong:
+        """Send a ``Ping``; return the round trip and, when the PBX says its time, its clock.
+
+        Asterisk answers ``Ping: Pong`` with ``Timestamp: <epoch.microseconds>``; the offset
+        is that time minus the midpoint of our send and receive times (within half the round
+        trip). Raises the same errors as :meth:`send_action`.
+        """
+        connection = self._require_connection("Ping")
+        started = self._clock()
+        sent = self._wall_clock()
+        result = await self._request(connection, "Ping", {}, response_timeout)
+        response = _checked(result.response, "Ping", check=True)
+        round_trip = max(0.0, self._clock() - started)
+        received = response.received_at
+        if received is None:
+            received = self._wall_clock()
+        pbx_time = response.timestamp
+        offset = None if pbx_time is None else pbx_time - (sent + received) / 2
+        return Pong(round_trip=round_trip, pbx_time=pbx_time, clock_offset=offset)
 
     def _require_connection(self, action: str) -> _Connection:
         connection = self._connection
@@ -448,6 +503,7 @@ class AmiClient:
         response_timeout: float | None,
         *,
         collect: bool = False,
+        in_stream: bool = False,
     ) -> ActionResult:
         action_id = self._action_ids()
         data = encode_action(action, action_id, headers)
@@ -456,7 +512,9 @@ class AmiClient:
             raise AmiNotConnected(
                 f"the AMI connection to {self.address} is closing; {action} was not sent"
             )
-        future = connection.correlator.register(action, action_id, collect=collect)
+        future = connection.correlator.register(
+            action, action_id, collect=collect, in_stream=in_stream
+        )
         try:
             writer.write(data)
             try:
@@ -473,6 +531,9 @@ class AmiClient:
             ) from None
         finally:
             connection.correlator.discard(action_id)
+            # Events held behind an in-stream list that will not come now (no await between
+            # releasing and queueing them: stream order holds).
+            self._put_released(connection.correlator)
 
     # -- the connection -----------------------------------------------------------------------
 
@@ -662,6 +723,8 @@ class AmiClient:
             failed = connection.correlator.fail_all(
                 lambda action, action_id: _lost(self.address, action, action_id)
             )
+            # Events that arrived behind a list that never completed: still events.
+            self._put_released(connection.correlator)
             if failed:
                 logger.warning("ami.actions_lost", pbx=self.address, count=failed)
         return connection.drop_reason or reason
@@ -685,6 +748,14 @@ class AmiClient:
                 event = correlator.feed(message)
                 if event is not None:
                     self._put(event)
+                elif correlator.released:
+                    # An in-stream list completed: its marker and the events held behind it.
+                    self._put_released(correlator)
+
+    def _put_released(self, correlator: Correlator) -> None:
+        if correlator.released:
+            for event in correlator.take_released():
+                self._put(event)
 
     async def _ping(self, connection: _Connection) -> None:
         interval = self.ping_interval

@@ -9,13 +9,20 @@ The listener owns an :class:`~callbridge.pbx.ami.client.AmiClient`, feeds every 
 :class:`~callbridge.pbx.ami.translate.AmiTranslator` and hands the facts each event implies to
 ``apply`` (the call-tracking use case in one transaction, wired by the worker), in stream order.
 
-After a reconnect, events were missed: the listener asks ``CoreShowChannels``, feeds its
-``CoreShowChannel`` events (channels that appeared while away are adopted) and reconciles
-(calls whose channels all vanished are ended with what is known, as of when we lost sight of
-them). A listener that starts fresh, e.g. a standby taking over from a process that died, also
-ends the calls the database still has open for this PBX that the PBX no longer has
-(``open_calls``), as of their last stored event. Those times are in the PBX's clock, the one
-its events' ``Timestamp`` headers use: our clock plus the skew seen on its last event.
+At every login the listener asks the PBX its time (``Ping``: the answer's ``Timestamp``, at the
+round trip's midpoint) so that every time is in the PBX's clock, the one its uniqueids and its
+events' ``Timestamp`` headers use: events without one, and the ``CoreShowChannel`` events of a
+call it joins mid-way, are dated by their arrival plus that offset.
+
+Then it asks ``CoreShowChannels``. The answer comes in the event stream where the PBX sent it
+(:class:`~callbridge.pbx.ami.client.ListResult`): the events the PBX sent before it are older and
+are applied first, then its ``CoreShowChannel`` events (channels that appeared while away are
+adopted), then the events after it. After a reconnect, events were missed: calls whose channels
+all vanished are ended with what is known, as of when we lost sight of them. A listener that
+starts fresh, e.g. a standby taking over from a process that died, also ends the calls the
+database still has open for this PBX that the PBX no longer has (``open_calls``), as of their
+last stored event. "Now" in the PBX's clock is our clock plus the skew seen on its last event
+(or measured by the last ``Ping``).
 
 Its :class:`ListenerStatus` (connected, disconnected, unreachable, refused...) goes to logs on
 every change and to ``on_status`` on every change and every ``status_interval`` seconds.
@@ -45,7 +52,7 @@ from callbridge.domain.errors import (
 )
 from callbridge.domain.events import Disposition, Ended
 from callbridge.domain.events import Event as CallFact
-from callbridge.pbx.ami.client import AmiClient, Disconnected, Reconnected
+from callbridge.pbx.ami.client import AmiClient, Disconnected, ListResult, Reconnected
 from callbridge.pbx.ami.errors import AmiError, AmiPermanentError
 from callbridge.pbx.ami.protocol import Event
 from callbridge.pbx.ami.translate import AmiTranslator
@@ -76,6 +83,10 @@ _UNKNOWN_ERROR_ATTEMPTS: Final = 5
 _MAX_RETRY_DELAY: Final = 30.0
 # pbx_events.source is 32 characters.
 _MAX_SOURCE: Final = 32
+# The list action whose answer catches up with the PBX's live channels.
+_SNAPSHOT: Final = "CoreShowChannels"
+# A PBX clock this far from ours is worth a line in the log at login.
+_NOTABLE_OFFSET: Final = 1.0
 
 
 class InvalidAmiUrlError(ConfigurationError):
@@ -264,14 +275,17 @@ class AmiListener:
         self._state = ListenerState.CONNECTING
         self._since = clock()
         self._error: str | None = None
+        # A fact dropped since the last login: catching up must not wipe it from the status
+        # (the events before the PBX's list of channels are applied before we catch up).
+        self._dropped: str | None = None
         # Why the connection dropped: until a reconnect attempt fails with another error, the
         # PBX counts as disconnected rather than unreachable.
         self._down_reason: str | None = None
         # When we lost sight of the PBX, in the PBX's clock (what its events' times are in).
         self._lost_at: datetime | None = None
-        # The PBX's clock minus ours, as of its last timed event: calls ended "as of when we
-        # lost sight of them" must end in the clock they started in, or a PBX whose clock
-        # differs from ours (or a replayed recording) gets durations of hours.
+        # The PBX's clock minus ours, as of its last timed event or Ping: calls ended "as of
+        # when we lost sight of them" must end in the clock they started in, or a PBX whose
+        # clock differs from ours (or a replayed recording) gets durations of hours.
         self._pbx_skew: timedelta | None = None
         self._reconnects = 0
         self._dropped_before = 0
@@ -425,6 +439,9 @@ class AmiListener:
                 await self._publish()
             elif isinstance(event, Reconnected):
                 await self._on_login(client)
+            elif isinstance(event, ListResult):
+                if event.action == _SNAPSHOT:
+                    await self._catch_up(event.events)
             else:
                 self._events_in += 1
                 self._last_event_at = self._clock()
@@ -436,13 +453,38 @@ class AmiListener:
                     await self._apply(facts)
 
     async def _on_login(self, client: AmiClient) -> None:
-        """Catch up with the PBX: adopt its live channels, end what ended while away."""
+        """Read the PBX's clock, then ask for its live channels (answered in the stream)."""
+        self._dropped = None
+        await self._read_pbx_clock(client)
         try:
-            channels = await client.send_action_list("CoreShowChannels")
+            # Its answer is a ListResult in the event stream, behind the events sent before it.
+            await client.send_action_list(_SNAPSHOT, in_stream=True)
         except AmiError as err:
             # Dropped again at once: the next Reconnected marker brings us back here.
             logger.warning("ami.reconcile_failed", pbx=self.name, error=err.message)
+
+    async def _read_pbx_clock(self, client: AmiClient) -> None:
+        """Date what has no ``Timestamp`` in the PBX's clock, by the offset a Ping shows."""
+        try:
+            pong = await client.ping()
+        except AmiError as err:
+            logger.warning("ami.pbx_clock_unknown", pbx=self.name, error=err.message)
             return
+        offset = pong.clock_offset
+        if offset is None:
+            return  # an older PBX that does not say its time: arrival times as they are
+        self.translator.clock_offset = offset
+        self._pbx_skew = timedelta(seconds=offset)
+        if abs(offset) >= _NOTABLE_OFFSET:
+            logger.info(
+                "ami.pbx_clock_differs",
+                pbx=self.name,
+                offset_seconds=round(offset, 3),
+                round_trip=round(pong.round_trip, 4),
+            )
+
+    async def _catch_up(self, channels: Sequence[Event]) -> None:
+        """Adopt the PBX's live channels, end what ended while away; then we are connected."""
         facts: list[CallFact] = []
         for channel in channels:
             facts.extend(self.translator.feed(channel))
@@ -461,12 +503,12 @@ class AmiListener:
         self._caught_up = True
         self._lost_at = None
         self._down_reason = None
-        self._set_state(ListenerState.CONNECTED)
+        self._set_state(ListenerState.CONNECTED, self._dropped)
         self.connected.set()
         await self._publish()
 
     def _pbx_now(self) -> datetime:
-        """Now in the PBX's clock, as far as its events told us (else ours)."""
+        """Now in the PBX's clock, as far as its events or Ping told us (else ours)."""
         now = self._clock()
         return now if self._pbx_skew is None else now + self._pbx_skew
 
@@ -555,7 +597,7 @@ class AmiListener:
                 self._facts_out += 1
 
     def _drop(self, fact: CallFact, err: Exception) -> None:
-        self._error = f"dropped {fact.name} of call {fact.call_id}: {err!r}"
+        self._error = self._dropped = f"dropped {fact.name} of call {fact.call_id}: {err!r}"
         logger.error(
             "ami.fact_dropped",
             pbx=self.name,

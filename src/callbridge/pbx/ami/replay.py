@@ -13,7 +13,10 @@ response). The server speaks enough AMI for a client to run against it as agains
   holds while no client is logged in, so a test that drops connections loses nothing.
 - ``speed`` scales the recorded timing (1.0 real time, 0 as fast as possible).
   ``add_timestamps`` adds ``Timestamp:`` headers from the recorded epochs (as
-  ``timestampevents = yes`` would), so a fast replay still carries exact durations.
+  ``timestampevents = yes`` would), so a fast replay still carries exact durations. While the
+  events played carry ``Timestamp`` headers, the PBX's clock is the recordings'
+  (:meth:`AmiReplayServer.pbx_time`): ``Ping`` answers with it and ``CoreShowChannel``
+  ``Duration`` counts in it, as a PBX whose clock is not ours would.
 - Each loop after the first (or every pass with ``rebase``) shifts ``Uniqueid``/``Linkedid``
   values and timestamps forward so the calls are new calls, not duplicates.
 
@@ -147,6 +150,32 @@ def _last(timing: list[tuple[float, float | None]]) -> float:
 
 
 @dataclass
+class _Clock:
+    """The replayed PBX's clock: where the timeline is, in the recordings' epoch seconds."""
+
+    #: The clock's reading at loop time ``at``.
+    epoch: float
+    at: float
+    #: The time of the next event: the clock never runs past an event not yet played.
+    limit: float
+    running: bool = True
+
+    def now(self, loop_time: float, speed: float) -> float:
+        if not self.running or not speed:
+            return self.epoch
+        return min(self.limit, max(self.epoch, self.epoch + (loop_time - self.at) * speed))
+
+    def stop(self, loop_time: float, speed: float) -> None:
+        self.epoch = self.now(loop_time, speed)
+        self.at = loop_time
+        self.running = False
+
+    def start(self, loop_time: float) -> None:
+        self.at = loop_time
+        self.running = True
+
+
+@dataclass
 class _Play:
     recording: Recording
     shift: int = 0
@@ -216,6 +245,9 @@ class AmiReplayServer:
     hold_at
         Stop the timeline once this many events have been played, until :meth:`resume`
         (tests use it to act at an exact point of a call).
+    ping_timestamp
+        Answer ``Ping`` with the PBX's ``Timestamp``, as Asterisk does; False plays an older
+        PBX that does not say its time.
     """
 
     def __init__(
@@ -232,6 +264,7 @@ class AmiReplayServer:
         pause_without_clients: bool = True,
         gap: float = 1.0,
         hold_at: int | None = None,
+        ping_timestamp: bool = True,
     ) -> None:
         if speed < 0:
             raise ValueError("speed must be >= 0")
@@ -245,6 +278,7 @@ class AmiReplayServer:
         self.originate_mode: OriginateMode = originate_mode
         self.pause_without_clients = pause_without_clients
         self.gap = gap
+        self.ping_timestamp = ping_timestamp
         banners = [r.banner for r in self.recordings]
         self.banner = banners[0] if banners else DEFAULT_BANNER
         #: Every Originate action received, in order (a test asserts none was sent twice).
@@ -275,6 +309,11 @@ class AmiReplayServer:
         self._actions_changed = asyncio.Condition()
         self._hold_at = hold_at
         self._released = asyncio.Event()
+        # The recordings' clock while the events played carry Timestamps, else None.
+        self._clock: _Clock | None = None
+        # Actions (lower-case names) answered only once released, and the release.
+        self._answers_held: frozenset[str] = frozenset()
+        self._answers_released = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -371,6 +410,30 @@ class AmiReplayServer:
         self._hold_at = hold_at
         self._released.set()
 
+    def hold_answers(self, *actions: str) -> None:
+        """Answer these actions only after :meth:`release_answers` (a busy PBX); the timeline
+        goes on meanwhile, so events are sent before the answer."""
+        self._answers_held = frozenset(action.lower() for action in actions)
+        self._answers_released.clear()
+
+    def release_answers(self) -> None:
+        """Answer the held actions now, and the next ones at once."""
+        self._answers_held = frozenset()
+        self._answers_released.set()
+
+    def pbx_time(self) -> float:
+        """Now in the replayed PBX's clock (epoch seconds), as ``Ping`` answers it.
+
+        While the events played carry ``Timestamp`` headers (``add_timestamps``, or recorded
+        with them): the recordings' clock, at the timeline's place (it stands still while the
+        timeline is held or waits for clients, and never runs past the next event). Otherwise,
+        or before anything plays, ours.
+        """
+        clock = self._clock
+        if clock is None:
+            return time.time()
+        return clock.now(asyncio.get_running_loop().time(), self.speed)
+
     def live_channels(self) -> list[dict[str, str]]:
         """Channels that exist at this point of the recordings, as CoreShowChannel reports."""
         return [dict(channel) for channel in self._channels.values()]
@@ -419,7 +482,21 @@ class AmiReplayServer:
         first_offset = events[0].offset
         started = loop.time()
         inject = list(play.variables)
+        self._clock = None
+        if self.add_timestamps or events[0].message.timestamp is not None:
+            first = _epoch(events[0], play)
+            if first is not None:
+                # Until its first event, the PBX's clock reads that event's time.
+                self._clock = _Clock(first, started, first)
         for number, recorded in enumerate(events, 1):
+            # Held right after the events played so far: the PBX's clock stops there too.
+            while self._hold_at is not None and self.played >= self._hold_at:
+                self._released.clear()
+                held_at = loop.time()
+                self._stop_clock(held_at)
+                await self._released.wait()
+                self._start_clock(loop.time())
+                started += loop.time() - held_at
             if self.speed:
                 due = started + (recorded.offset - first_offset) / self.speed
                 delay = due - loop.time()
@@ -428,21 +505,32 @@ class AmiReplayServer:
             elif number % 64 == 0:
                 # At speed 0 nothing else would wait: give the readers a turn now and then.
                 await asyncio.sleep(0)
-            while self._hold_at is not None and self.played >= self._hold_at:
-                self._released.clear()
-                held_at = loop.time()
-                await self._released.wait()
-                started += loop.time() - held_at
             if self.pause_without_clients and not self._clients_present.is_set():
                 paused_at = loop.time()
+                self._stop_clock(paused_at)
                 await self._clients_present.wait()
+                self._start_clock(loop.time())
                 started += loop.time() - paused_at
             event = self._prepare(recorded, play)
             await self._broadcast(event)
+            at = event.timestamp
+            if at is not None:
+                # Stamped by the PBX: its clock is the recordings', here now.
+                following = events[number] if number < len(events) else None
+                limit = _epoch(following, play) if following is not None else None
+                self._clock = _Clock(at, loop.time(), max(at, limit or at))
             if inject and event.name == "Newchannel":
                 for name, value in inject:
                     await self._broadcast(_varset(event, name, value))
                 inject = []
+
+    def _stop_clock(self, loop_time: float) -> None:
+        if self._clock is not None:
+            self._clock.stop(loop_time, self.speed)
+
+    def _start_clock(self, loop_time: float) -> None:
+        if self._clock is not None:
+            self._clock.start(loop_time)
 
     def _prepare(self, recorded: RecordedEvent, play: _Play) -> Event:
         message = recorded.message
@@ -491,6 +579,9 @@ class AmiReplayServer:
             if event.name != "Newchannel":
                 return
             channel = self._channels[uniqueid] = {"_created": str(time.monotonic())}
+            stamp = event.timestamp
+            if stamp is not None:
+                channel["_epoch"] = repr(stamp)
         for key in _SNAPSHOT_KEYS:
             value = event.get(key)
             if value is not None:
@@ -567,6 +658,8 @@ class AmiReplayServer:
             self.originates.append(action)
         if self.muted:
             return True
+        if name in self._answers_held:
+            await self._answers_released.wait()
         if name == "challenge":
             session.challenge = str(secrets.randbelow(10**9)).zfill(9)
             await self._reply(
@@ -586,13 +679,10 @@ class AmiReplayServer:
             )
             return True
         if name == "ping":
-            await self._reply(
-                session,
-                action,
-                ("Response", "Success"),
-                ("Ping", "Pong"),
-                ("Timestamp", f"{time.time():.6f}"),
-            )
+            pong = [("Response", "Success"), ("Ping", "Pong")]
+            if self.ping_timestamp:
+                pong.append(("Timestamp", f"{self.pbx_time():.6f}"))
+            await self._reply(session, action, *pong)
         elif name == "events":
             mask = (action.get("EventMask") or "on").strip().lower()
             session.events_mask = mask
@@ -692,22 +782,32 @@ class AmiReplayServer:
         )
         action_id = action.action_id
         now = time.monotonic()
+        # Ages in the PBX's clock: the recordings' when it stamps events with it.
+        pbx_now = self.pbx_time() if self._clock is not None else None
         channels = list(self._channels.values())
+        # One write, as Asterisk's session thread sends a list: no event in between.
+        parts: list[bytes] = []
         for channel in channels:
             items: list[tuple[str, str]] = [("Event", "CoreShowChannel")]
             if action_id is not None:
                 items.append(("ActionID", action_id))
             items.extend((key, value) for key, value in channel.items() if not key.startswith("_"))
-            seconds = int(now - float(channel["_created"]))
+            if pbx_now is not None and "_epoch" in channel:
+                age = pbx_now - float(channel["_epoch"])
+            else:
+                age = now - float(channel["_created"])
+            # Rounded down, as Asterisk does.
+            seconds = max(0, int(age))
             items.append(
                 ("Duration", f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}")
             )
-            await self._send(session, Event(items).encode())
+            parts.append(Event(items).encode())
         done: list[tuple[str, str]] = [("Event", "CoreShowChannelsComplete")]
         if action_id is not None:
             done.append(("ActionID", action_id))
         done += [("EventList", "Complete"), ("ListItems", str(len(channels)))]
-        await self._send(session, Event(done).encode())
+        parts.append(Event(done).encode())
+        await self._send(session, b"".join(parts))
 
     async def _originate(self, session: _Session, action: Action) -> bool:
         mode = self.originate_mode
@@ -740,6 +840,14 @@ class AmiReplayServer:
             )
             self._queue.put_nowait(play)
         return True
+
+
+def _epoch(recorded: RecordedEvent, play: _Play) -> float | None:
+    """When a recorded event happened, in the played (shifted) recordings' clock."""
+    stamp = recorded.message.timestamp
+    if stamp is None:
+        stamp = recorded.epoch
+    return None if stamp is None else stamp + play.shift
 
 
 def _varset(channel_event: Event, name: str, value: str) -> Event:

@@ -32,12 +32,15 @@ How the facts are read from the stream
 - **Recordings.** ``MIXMONITOR_FILENAME`` (``VarSet``) names the file; it is complete only
   when the recording channel is gone, so ``RecordingReady`` follows that channel's ``Hangup``.
 
-Times come from the ``Timestamp`` header (``timestampevents = yes``), else the arrival time
-the client stamped (``received_at``); event ids are built from the linkedid, the fact and the
+Times are in the PBX's clock, as uniqueids are: the ``Timestamp`` header (``timestampevents =
+yes``), else the arrival time the client stamped (``received_at``) moved by :attr:`clock_offset`
+(the PBX's clock minus ours, which the listener measures with a ``Ping`` at login; arrival times
+stay as they are when it is unknown). Event ids are built from the linkedid, the fact and the
 channel it concerns, so replaying a stream yields the same ids.
 
 A translator that starts mid-call (a restart, a reconnect) adopts channels as they show up
-(``CoreShowChannel`` events seed them) and reports what it can; it never raises on odd input.
+(``CoreShowChannel`` events seed them, a channel dated by its ``Duration`` and its uniqueid) and
+reports what it can; it never raises on odd input.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Final, TypeAlias
 
@@ -103,6 +106,7 @@ HANDLED_EVENTS: Final = frozenset(
 )
 
 _EPOCH: Final = datetime.fromtimestamp(0, UTC)
+_SECOND: Final = timedelta(seconds=1)
 _UNKNOWN: Final = frozenset({"", "<unknown>", "unknown", "anonymous", "s"})
 # A dial target counts as ringing on these DialState statuses (PROGRESS: early media ringback).
 _RINGING_STATUSES: Final = frozenset({"RINGING", "PROGRESS"})
@@ -203,6 +207,9 @@ class AmiTranslator:
         self._bridges: dict[str, set[str]] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._last_time: datetime | None = None
+        #: The PBX's clock minus ours, in seconds, when known: events without a ``Timestamp``
+        #: are dated by their arrival plus this, so that every time is in the PBX's clock.
+        self.clock_offset: float | None = None
         self._handlers: dict[str, Callable[[Event, datetime, Out], None]] = {
             "Newchannel": self._on_newchannel,
             "Newstate": self._on_newstate,
@@ -276,6 +283,9 @@ class AmiTranslator:
         stamp = event.timestamp
         if stamp is None:
             stamp = event.received_at
+            offset = self.clock_offset
+            if stamp is not None and offset is not None:
+                stamp += offset
         if stamp is not None:
             try:
                 when = datetime.fromtimestamp(stamp, UTC)
@@ -310,7 +320,9 @@ class AmiTranslator:
         role, extension = self._classifier.classify(parsed, context, caller)
         first = uniqueid == linkedid
         created = when
-        if first and event.name != "Newchannel":
+        if event.name == "CoreShowChannel":
+            created = self._listed_created(event, uniqueid, when)
+        elif first and event.name != "Newchannel":
             created = _uniqueid_time(uniqueid) or when
         channel = _Channel(
             uniqueid=uniqueid,
@@ -341,6 +353,31 @@ class AmiTranslator:
             adopted = call.adopted and event.name != "Hangup"
             self._first_channel(call, channel, out, incoming=state == "ring" or adopted)
         return channel
+
+    def _listed_created(self, event: Event, uniqueid: str, when: datetime) -> datetime:
+        """When a channel ``CoreShowChannels`` lists (at ``when``) was created.
+
+        Its ``Duration`` is whole seconds rounded down, so it was created in the second before
+        ``when - Duration``; its uniqueid names the second it was created in (Asterisk's
+        ``<epoch>.<n>``). Both are in the PBX's clock: where they agree, the middle of what
+        both allow. Where they do not, the uniqueid is not an epoch (ids given by an Originate's
+        ``ChannelId``) when ``when`` is the PBX's time, else ``when`` is ours (the PBX's clock
+        unknown) and the uniqueid is kept, as the events' ``Timestamp`` headers agree with it.
+        """
+        by_id = _uniqueid_time(uniqueid)
+        seconds = _listed_seconds(event)
+        if seconds is None:
+            return by_id or when
+        latest = when - timedelta(seconds=seconds)
+        earliest = latest - _SECOND
+        if by_id is not None:
+            low = max(earliest, by_id)
+            high = min(latest, by_id + _SECOND)
+            if low <= high:
+                return low + (high - low) / 2
+            if event.timestamp is None and self.clock_offset is None:
+                return by_id
+        return earliest + _SECOND / 2
 
     def _new_call(self, linkedid: str) -> _Call:
         call = _Call(linkedid)
@@ -1116,6 +1153,20 @@ def _int(value: str | None) -> int | None:
         return None
     number = int(value)
     return number if 0 <= number <= 255 else None
+
+
+def _listed_seconds(event: Event) -> int | None:
+    """A listed channel's age: ``Duration: HH:MM:SS`` (or plain seconds), else ``Seconds``."""
+    duration = (event.get("Duration") or "").strip()
+    if duration:
+        total = 0
+        for part in duration.split(":"):
+            if not part.isdigit() or len(part) > 9:
+                return None
+            total = total * 60 + int(part)
+        return total if duration.count(":") <= 2 else None
+    seconds = (event.get("Seconds") or "").strip()
+    return int(seconds) if seconds.isdigit() and len(seconds) <= 9 else None
 
 
 def _uniqueid_time(uniqueid: str | None) -> datetime | None:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from callbridge.pbx.ami.client import AmiClient, Backoff, Disconnected, Reconnected
+from callbridge.pbx.ami.client import AmiClient, Backoff, Disconnected, ListResult, Reconnected
 from callbridge.pbx.ami.errors import (
     AmiActionError,
     AmiAuthenticationError,
@@ -290,6 +290,84 @@ class TestActions:
 
         with pytest.raises(AmiTimeout, match="Ping"):
             await client.send_action("Ping", response_timeout=0.05)
+
+
+class TestInStreamList:
+    async def test_the_list_comes_after_the_events_sent_before_it(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        recording = Recording.load(stream("d_inbound_ringgroup"))
+        upto = next(i for i, r in enumerate(recording.events) if r.message.name == "DialBegin") + 40
+        server = await replay_server(recording.path, hold_at=upto)
+        client = ami_client(server)
+        await client.connect()
+        async with asyncio.timeout(TIMEOUT):
+            await server.wait_played(upto)
+
+        # Nobody has read the events yet: they wait in the client's stream.
+        channels = await client.send_action_list("CoreShowChannels", in_stream=True)
+        server.resume()
+
+        async with collecting(client) as collector:
+            await collector.wait_for(len(recording.events) + 1)
+        events = collector.pbx_events
+        marker = events[upto]
+        assert isinstance(marker, ListResult)
+        assert marker.action == "CoreShowChannels"
+        assert list(marker.events) == channels
+        assert len(channels) >= 2
+        # Older events before the list, newer after it, each once, in the recorded order.
+        others = [e for e in events if not isinstance(e, ListResult)]
+        assert [e.name for e in others] == [r.message.name for r in recording.events]
+        assert sum(isinstance(e, ListResult) for e in events) == 1
+
+
+class TestPing:
+    async def test_the_pbx_clock_is_read_from_the_answer(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        recording = Recording.load(stream("a2_inbound_answered_timestamps"))
+        # Held after 10 events: the PBX's clock (the recording's) stands at the 10th.
+        server = await replay_server(recording.path, hold_at=10, pause_without_clients=False)
+        async with asyncio.timeout(TIMEOUT):
+            await server.wait_played(10)
+        client = ami_client(server)
+        await client.connect()
+
+        before = time.time()
+        pong = await client.ping()
+        after = time.time()
+
+        expected = recording.events[9].message.timestamp
+        assert expected is not None
+        assert pong.pbx_time == pytest.approx(expected, abs=1e-6)
+        assert pong.clock_offset is not None
+        assert expected - after <= pong.clock_offset <= expected - before
+        assert 0 <= pong.round_trip <= after - before
+
+    async def test_the_offset_is_against_our_wall_clock(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        server = await replay_server()  # no recording played: the PBX's clock is ours
+
+        # Our clock an hour ahead of the PBX's.
+        client = ami_client(server, wall_clock=lambda: time.time() + 3600)
+        await client.connect()
+        pong = await client.ping()
+
+        assert pong.clock_offset == pytest.approx(-3600, abs=0.5)
+
+    async def test_a_pbx_that_does_not_say_its_time(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        server = await replay_server(ping_timestamp=False)
+        client = ami_client(server)
+        await client.connect()
+
+        pong = await client.ping()
+
+        assert (pong.pbx_time, pong.clock_offset) == (None, None)
+        assert pong.round_trip >= 0
 
 
 class TestReconnect:

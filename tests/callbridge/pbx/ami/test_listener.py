@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from callbridge.pbx.ami.listener import (
     OpenCall,
     translator_config,
 )
-from callbridge.pbx.ami.replay import AmiReplayServer
+from callbridge.pbx.ami.replay import AmiReplayServer, Recording
 from callbridge.services.call_tracking import track_events
 from callbridge.storage.ami import AmiStatusRepository
 from callbridge.storage.call_tracking import call_tracking_ports
@@ -48,6 +50,10 @@ BOX = SecretBox([Fernet.generate_key()])
 TALKING = 40
 # a2's talk time: BridgeEnter of PJSIP/101 at 1795711846.010, BridgeLeave at 1795711849.015.
 RECORDED_TALK = 3
+# a2 played up to here: both channels entered the bridge (events 47, 49); the next event, 3 s
+# later, is the hang-up's.
+BRIDGED = 53
+A2 = "a2_inbound_answered_timestamps"
 
 
 class TestAmiUrl:
@@ -402,3 +408,124 @@ class TestListener:
         assert "call.answered" not in seen
         assert "dropped call.answered" in (listener.status.last_error or "")
         assert listener.status.state is ListenerState.STOPPED
+
+
+class TestCatchingUp:
+    """At login the listener asks the PBX its clock (Ping) and its live channels."""
+
+    async def test_events_sent_before_the_list_of_channels_are_applied_before_it(
+        self, env: Env, server: list[AmiReplayServer]
+    ) -> None:
+        recording = Recording.load(stream(A2))
+        newchannel = next(e.message for e in recording.events if e.message.name == "Newchannel")
+        assert newchannel.timestamp is not None
+        replay = await start_server(server, stream(A2), hold_at=0)
+        # A busy PBX: the call begins, rings and is answered before it answers CoreShowChannels.
+        replay.hold_answers("CoreShowChannels")
+        listener = env.start(replay.port)
+        async with asyncio.timeout(TIMEOUT):
+            await replay.wait_actions("CoreShowChannels")
+            replay.resume(hold_at=TALKING)
+            await replay.wait_played(TALKING)
+        replay.release_answers()
+        async with asyncio.timeout(TIMEOUT):
+            await listener.connected.wait()
+        replay.resume()
+
+        call = await env.wait_call("ended")
+        # Started when its Newchannel, the older fact, says; the list of channels sent after
+        # it (which dates the channel by its uniqueid's second, 1795711842) came later.
+        assert call.started_at == datetime.fromtimestamp(newchannel.timestamp, UTC)
+        assert call.answered_by == "101"
+        assert call.talk_seconds == RECORDED_TALK
+        assert len(await env.calls()) == 1
+        finishes = [j for j in await env.jobs() if j.payload["command"]["kind"] == "finish"]
+        assert len(finishes) == 1
+
+    async def test_a_call_joined_mid_way_is_dated_in_the_pbx_clock(
+        self, env: Env, server: list[AmiReplayServer]
+    ) -> None:
+        recording = Recording.load(stream(A2))
+        created = recording.events[0].message.timestamp  # its first event, 1795711843.000
+        bridged = recording.events[BRIDGED - 1].message.timestamp
+        assert created is not None
+        assert bridged is not None
+        # The call is answered and talking before anyone listens; the PBX's clock (the
+        # recording's) is hours away from ours.
+        replay = await start_server(
+            server, stream(A2), hold_at=BRIDGED, pause_without_clients=False
+        )
+        async with asyncio.timeout(TIMEOUT):
+            await replay.wait_played(BRIDGED)
+        listener = env.start(replay.port)
+        async with asyncio.timeout(TIMEOUT):
+            await listener.connected.wait()
+        offset = listener.translator.clock_offset
+        assert offset is not None
+        assert abs(offset - (bridged - time.time())) < 5
+        assert abs(offset) > 3600
+        replay.resume()
+
+        call = await env.wait_call("ended")
+        assert call.started_at is not None
+        # Created 3 s before the list (its Duration), in the second its uniqueid names.
+        assert int(created) - 1 <= call.started_at.timestamp() <= created
+        assert call.answered_by == "101"
+        # Answered (for all we know) when the list showed it bridged, in the PBX's clock like
+        # the hang-up: the recording's talk, not hours of our clock.
+        assert call.answered_at is not None
+        assert abs(call.answered_at.timestamp() - bridged) < 1
+        assert call.talk_seconds == RECORDED_TALK
+
+    async def test_lost_before_any_event_a_call_ends_in_the_pbx_clock(
+        self, env: Env, server: list[AmiReplayServer]
+    ) -> None:
+        replay = await start_server(
+            server, stream(A2), hold_at=BRIDGED, pause_without_clients=False
+        )
+        async with asyncio.timeout(TIMEOUT):
+            await replay.wait_played(BRIDGED)
+        gate = asyncio.Event()
+
+        async def gated_sleep(_delay: float) -> None:
+            await gate.wait()
+
+        listener = env.start(replay.port, client_options={"sleep": gated_sleep})
+        async with asyncio.timeout(TIMEOUT):
+            await listener.connected.wait()
+        await env.wait_call("active", answered_by="101")
+        # Dropped before the PBX sent a single event: only its Ping told its clock.
+        replay.drop_connections()
+        replay.resume()  # the call hangs up while nobody listens
+        async with asyncio.timeout(TIMEOUT):
+            await replay.finished.wait()
+        await until(lambda: listener.status.state is ListenerState.DISCONNECTED)
+        gate.set()
+
+        call = await env.wait_call("ended")
+        # Ended as of when we lost sight of it, in the PBX's clock: not hours of ours.
+        assert 0 <= call.talk_seconds <= RECORDED_TALK
+        assert listener.status.reconnects == 1
+
+    async def test_a_pbx_that_does_not_say_its_time_dates_by_the_uniqueid(
+        self, env: Env, server: list[AmiReplayServer]
+    ) -> None:
+        recording = Recording.load(stream(A2))
+        linkedid = recording.events[0].message["Linkedid"]  # 1795711842.304
+        replay = await start_server(
+            server,
+            stream(A2),
+            hold_at=BRIDGED,
+            pause_without_clients=False,
+            ping_timestamp=False,
+        )
+        async with asyncio.timeout(TIMEOUT):
+            await replay.wait_played(BRIDGED)
+        listener = env.start(replay.port)
+        async with asyncio.timeout(TIMEOUT):
+            await listener.connected.wait()
+        assert listener.translator.clock_offset is None
+        replay.resume()
+
+        call = await env.wait_call("ended")
+        assert call.started_at == datetime.fromtimestamp(int(float(linkedid)), UTC)

@@ -334,3 +334,85 @@ class TestCommand:
         assert [e.name for e in events] == [r.message.name for r in recording.events]
         assert all(e.timestamp is not None for e in events)
         assert process.returncode == 0, stderr.decode()
+
+
+class TestPbxClock:
+    """With Timestamp headers, the replayed PBX's clock is the recordings' (Ping, Duration)."""
+
+    async def test_held_the_clock_stands_at_the_last_event(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        recording = Recording.load(stream("a2_inbound_answered_timestamps"))
+        # Both channels bridged; the next event is 3 s later.
+        bridged = recording.events[52].message.timestamp
+        created = recording.events[0].message.timestamp
+        assert bridged is not None
+        assert created is not None
+        server = await replay_server(
+            recording.path, add_timestamps=True, hold_at=53, pause_without_clients=False
+        )
+        async with asyncio.timeout(TIMEOUT):
+            await server.wait_played(53)
+        client = ami_client(server)
+        await client.connect()
+
+        first = await client.ping()
+        await asyncio.sleep(0.1)
+        second = await client.ping()
+        channels = await client.send_action_list("CoreShowChannels")
+
+        assert first.pbx_time == second.pbx_time == pytest.approx(bridged, abs=1e-6)
+        assert server.pbx_time() == pytest.approx(bridged)
+        ages = {c["Channel"].split("-")[0]: c["Duration"] for c in channels}
+        # Created at ...843.0006 and ...843.0017, listed at ...846.0106: 3 s, rounded down.
+        assert ages == {"PJSIP/trunk": "00:00:03", "PJSIP/101": "00:00:03"}
+        assert int(bridged - created) == 3
+
+    async def test_playing_the_clock_runs_at_the_replay_speed_up_to_the_next_event(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        recording = Recording.load(stream("a2_inbound_answered_timestamps"))
+        bridged = recording.events[52].message.timestamp
+        hung_up = recording.events[53].message.timestamp
+        following = recording.events[54].message.timestamp
+        assert bridged is not None
+        assert hung_up is not None
+        assert following is not None
+        server = await replay_server(
+            recording.path,
+            add_timestamps=True,
+            hold_at=53,
+            pause_without_clients=False,
+            speed=2.0,
+        )
+        async with asyncio.timeout(TIMEOUT):
+            await server.wait_played(53)
+        client = ami_client(server)
+        await client.connect()
+
+        server.resume(hold_at=54)  # 3 recorded seconds to the next event: 1.5 s here
+        await asyncio.sleep(0.1)
+        running = (await client.ping()).pbx_time
+        async with asyncio.timeout(TIMEOUT):
+            await server.wait_played(54)
+        await asyncio.sleep(0.1)
+        held = (await client.ping()).pbx_time
+
+        assert running is not None
+        assert bridged + 0.1 < running < hung_up
+        # Held after the hang-up's first event: at most the time of the one after it.
+        assert held is not None
+        assert hung_up <= held <= following
+
+    async def test_without_timestamps_the_clock_is_ours(
+        self, replay_server: ServerFactory, ami_client: ClientFactory
+    ) -> None:
+        server = await replay_server(stream("a_inbound_answered"), hold_at=10)
+        client = ami_client(server)
+        await client.connect()
+
+        before = time.time()
+        pong = await client.ping()
+
+        assert pong.pbx_time is not None
+        assert before <= pong.pbx_time <= time.time()

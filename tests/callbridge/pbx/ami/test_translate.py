@@ -712,3 +712,61 @@ def test_arbitrary_event_sequences_never_raise(events: list[Event]) -> None:
 
 def _at(seconds: float) -> datetime:
     return datetime.fromtimestamp(START + seconds, UTC)
+
+
+class TestJoiningMidCall:
+    """Channels met in ``CoreShowChannels``, and times in the PBX's clock."""
+
+    @staticmethod
+    def _listed(chan: Chan, at: float, duration: str, *, stamped: bool = True) -> Event:
+        listing = Pbx(stamps=stamped).at(at)
+        event = listing.emit("CoreShowChannel", *chan.snapshot(), ("Duration", duration))
+        return event
+
+    def test_a_listed_channel_is_dated_by_its_duration_and_its_uniqueid(self) -> None:
+        caller = Pbx().inbound()  # uniqueid 1800000000.0: created in START's second
+        # Listed 5.4 s after START as 5 s old: created 5 to 6 s before, i.e. in [-0.6, 0.4];
+        # its uniqueid says [0, 1): the middle of both.
+        facts = AmiTranslator().feed(self._listed(caller, 5.4, "00:00:05"))
+        assert rows(facts) == [(0.2, "started", "inbound", "+74951234567")]
+
+    def test_a_uniqueid_that_is_not_an_epoch_leaves_the_duration(self) -> None:
+        caller = Pbx().inbound()
+        caller.uniqueid = caller.linkedid = "1234.5"  # e.g. an Originate's ChannelId
+        facts = AmiTranslator().feed(self._listed(caller, 5.4, "00:00:05"))
+        assert rows(facts) == [(-0.1, "started", "inbound", "+74951234567")]
+
+    def test_hours_and_plain_seconds(self) -> None:
+        caller = Pbx().inbound()
+        caller.uniqueid = caller.linkedid = "no-epoch"
+        for duration in ("01:00:05", "3605"):
+            facts = AmiTranslator().feed(self._listed(caller, 3605.4, duration))
+            assert rows(facts) == [(-0.1, "started", "inbound", "+74951234567")]
+
+    def test_arrival_times_move_into_the_pbx_clock(self) -> None:
+        caller = Pbx().inbound()
+        listed = self._listed(caller, 0, "00:00:05", stamped=False)
+        # We read it at START + 1 h + 5.4 s of our clock, an hour ahead of the PBX's.
+        listed.received_at = START + 3600 + 5.4
+        translator = AmiTranslator()
+        translator.clock_offset = -3600.0
+        assert rows(translator.feed(listed)) == [(0.2, "started", "inbound", "+74951234567")]
+        hangup = Pbx(stamps=False).emit("Hangup", *caller.snapshot(), ("Cause", "16"))
+        hangup.received_at = START + 3600 + 9.0
+        assert rows(translator.feed(hangup)) == [(9.0, "ended", "cancelled", 16)]
+        # A Timestamp header is the PBX's own time already.
+        stamped = AmiTranslator()
+        stamped.clock_offset = -3600.0
+        pbx = Pbx().at(7.0)
+        pbx.inbound()
+        newchannel = pbx.events[-1]
+        newchannel.received_at = START + 3600 + 7.0
+        assert rows(stamped.feed(newchannel)) == [(7.0, "started", "inbound", "+74951234567")]
+
+    def test_without_the_pbx_clock_a_disagreement_keeps_the_uniqueid(self) -> None:
+        caller = Pbx().inbound()
+        listed = self._listed(caller, 0, "00:00:05", stamped=False)
+        # Our clock an hour ahead, the PBX's unknown: the uniqueid is in its clock, as the
+        # Timestamp headers of its events would be.
+        listed.received_at = START + 3600 + 5.4
+        assert rows(AmiTranslator().feed(listed)) == [(0.0, "started", "inbound", "+74951234567")]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import insert, inspect, select
+from sqlalchemy import Table, insert, inspect, select
 from sqlalchemy.engine import Connection
 
 from callbridge.storage import migrate
@@ -65,7 +66,7 @@ class TestRecordingUploadsMigration:
     async def test_upload_jobs_change_kind_up_and_back_down(self, database: Database) -> None:
         url = await database.clone()
         engine = create_unpooled_engine(url)
-        jobs = Job.__table__
+        jobs = cast(Table, Job.__table__)
         now = datetime.now(UTC)
         rows = {
             "path": ("bitrix24.command", "queued", _attach(path="/mon/a.wav")),

@@ -101,7 +101,6 @@ class RecordingUploader:
         self.settings = settings
         self.portals = portals
         self._warned: set[int] = set()
-        self._reconnect = False
 
     async def __call__(self, job: JobContext) -> dict[str, Any]:
         """Run one job (its session stays unused: on SQLite its connection is the only one)."""
@@ -150,7 +149,9 @@ class RecordingUploader:
         params = command.to_params()
         params["CALL_ID"] = target.call_id
         method = command.method
-        client = self._portals().client_for(row)
+        # Tokens refused before a reinstall recover by themselves: a refresh of a rejected
+        # token picks up the ones the reinstall stored.
+        client = self.portals.client_for(row)
         try:
             with contextlib.closing(recording):
                 if recording.size <= self.settings.recording_inline_max_bytes:
@@ -177,7 +178,6 @@ class RecordingUploader:
         except RecordingMissingError as err:
             raise self._missing(err, attempt, max_attempts) from err
         except ReauthRequired as err:
-            self._reconnect = True  # the cached credentials hold the refused tokens
             await self._pause(row, IntegrationStatus.NEEDS_REAUTH, err)
             raise
         except PortalGone as err:
@@ -233,20 +233,6 @@ class RecordingUploader:
         return missing_recording_error(
             err, attempt, max_attempts, self.settings.recording_wait_seconds
         )
-
-    def _portals(self) -> Portals:
-        if self._reconnect:
-            old = self.portals
-            self.portals = Portals(
-                old.settings,
-                old.session_factory,
-                old.http,
-                old.box,
-                limiter=old.limiter,
-                api_log=old.api_log,
-            )
-            self._reconnect = False
-        return self.portals
 
     async def _pause(
         self, row: Bitrix24Integration, status: IntegrationStatus, err: Exception

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,8 +19,8 @@ from sqlalchemy import update
 
 from callbridge.crm.bitrix24.rate_limit import RateLimiter, RatePlan
 from callbridge.portals import Portals
-from callbridge.storage.models import Bitrix24User, Enterprise, Job, JobStatus
-from callbridge.storage.repositories import EnterpriseRepository
+from callbridge.storage.models import Bitrix24User, Enterprise, IntegrationStatus, Job, JobStatus
+from callbridge.storage.repositories import EnterpriseRepository, IntegrationRepository
 from callbridge.worker.uploads import UPLOAD_KIND, RecordingUploader
 from tests.e2e.test_calls_e2e import ENTERPRISE, Env, environment, ev, inbound_answered
 
@@ -541,3 +541,48 @@ class TestUploadWorker:
         assert uploads is not None
         assert uploads.kinds == frozenset({UPLOAD_KIND})
         assert uploads.concurrency == recording_env.h.settings.recording_upload_concurrency
+
+
+class TestReauthorisation:
+    async def test_refused_tokens_pause_the_portal_and_the_upload_waits_unspent(
+        self, recording_env: Env, monitor: Path
+    ) -> None:
+        env, linkedid = recording_env, "1764190200.1"
+        await env.post(*inbound_answered(linkedid))
+        await env.settle()
+        async with env.h.session_factory() as session, session.begin():
+            repo = IntegrationRepository(session, env.h.box)
+            row = await repo.by_member_id(env.h.emulator.portal.member_id)
+            assert row is not None
+            await repo.set_tokens(
+                row,
+                access_token="revoked",
+                refresh_token="revoked",
+                expires_at=row.expires_at or datetime.now(UTC) + timedelta(hours=1),
+            )
+        env.h.portals._credentials.clear()  # as a restarted process would load them
+        (monitor / "a.wav").write_bytes(WAV)
+        await env.post(ev("call.recording", linkedid, 5, 60, path=str(monitor / "a.wav")))
+        await wait_for_jobs(
+            env,
+            lambda jobs: any(j.kind == UPLOAD_KIND and j.last_error for j in jobs),
+        )
+
+        job = attach_job(await env.jobs())
+        assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)
+        assert job.last_error is not None
+        assert job.last_error.startswith(("InvalidToken", "RefreshRejected"))
+        integration = await env.h.integration()
+        assert integration is not None
+        assert integration.status == IntegrationStatus.NEEDS_REAUTH
+
+        await env.h.install()  # the administrator reinstalls the app
+        async with env.h.session_factory() as session, session.begin():
+            await session.execute(
+                update(Job).where(Job.id == job.id).values(run_after=datetime.now(UTC))
+            )
+        assert env.uploads is not None
+        env.uploads.wake()
+        await env.settle()
+        assert attach_job(await env.jobs()).status == JobStatus.SUCCEEDED
+        assert await stored_record(env, f"{linkedid}-0") == WAV

@@ -19,9 +19,12 @@ from sqlalchemy import update
 
 from callbridge.crm.bitrix24.rate_limit import RateLimiter, RatePlan
 from callbridge.portals import Portals
+from callbridge.storage.db import create_engine, create_session_factory
+from callbridge.storage.job_queue import JobQueue
 from callbridge.storage.models import Bitrix24User, Enterprise, IntegrationStatus, Job, JobStatus
 from callbridge.storage.repositories import EnterpriseRepository, IntegrationRepository
-from callbridge.worker.uploads import UPLOAD_KIND, RecordingUploader
+from callbridge.worker.uploads import UPLOAD_KIND, RecordingUploader, run_bitrix24
+from tests.callbridge.crm.bitrix24.harness import callbridge_settings
 from tests.e2e.test_calls_e2e import ENTERPRISE, Env, environment, ev, inbound_answered
 
 WAV = b"RIFF" + bytes(range(256)) * 8  # 2052 bytes: below the inline limit
@@ -586,3 +589,34 @@ class TestReauthorisation:
         await env.settle()
         assert attach_job(await env.jobs()).status == JobStatus.SUCCEEDED
         assert await stored_record(env, f"{linkedid}-0") == WAV
+
+
+class TestRunBitrix24:
+    async def test_runs_the_dispatcher_and_the_uploads_until_cancelled(
+        self, fresh_database_url: str, tmp_path: Path
+    ) -> None:
+        settings = callbridge_settings(
+            fresh_database_url, tmp_path, worker_poll_interval_seconds=0.05
+        )
+        engine = create_engine(fresh_database_url)
+        try:
+            task = asyncio.create_task(
+                run_bitrix24(
+                    settings,
+                    create_session_factory(engine),
+                    queue=JobQueue(),
+                    listen_url=None,
+                    name="w",
+                )
+            )
+            await asyncio.sleep(0.3)
+            running = {t.get_name() for t in asyncio.all_tasks()}
+            assert {"bitrix24-dispatcher", "recording-uploads"} <= running
+            assert not task.done()
+            task.cancel()
+            await asyncio.wait([task], timeout=10)
+            assert task.cancelled()
+            running = {t.get_name() for t in asyncio.all_tasks()}
+            assert not {"bitrix24-dispatcher", "recording-uploads"} & running
+        finally:
+            await engine.dispose()

@@ -120,7 +120,8 @@ class RecordingUploader:
         if integration_id is None:
             raise IntegrationGoneError(f"{UPLOAD_KIND} job names no integration")
         call_row_id = int(payload.get("call_id") or 0)
-        target = await self._target(integration_id, call_row_id, command.leg)
+        enterprise_id = int(payload.get("enterprise_id") or 0)
+        target = await self._target(integration_id, enterprise_id, call_row_id, command.leg)
         row = target.integration
         if row.status != IntegrationStatus.ACTIVE.value:
             # As the dispatcher does with its commands: kept, untried, until it is active again.
@@ -189,7 +190,10 @@ class RecordingUploader:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    async def _target(self, integration_id: int, call_row_id: int, leg: int) -> _Target:
+    async def _target(
+        self, integration_id: int, enterprise_id: int, call_row_id: int, leg: int
+    ) -> _Target:
+        """The integration, the leg's CALL_ID and the directories of the call's enterprise."""
         async with self.portals.session_factory() as session:
             repo = DispatchRepository(session)
             row = await repo.integration(integration_id)
@@ -197,9 +201,8 @@ class RecordingUploader:
                 raise IntegrationGoneError(f"Bitrix24 integration {integration_id} is gone")
             context = await repo.call_context([call_row_id])
             enterprises = EnterpriseRepository(session)
-            enterprise = (
-                await enterprises.get(row.enterprise_id) if row.enterprise_id is not None else None
-            )
+            # The enterprise whose PBX reported the call, which may not be the portal's own.
+            enterprise = await enterprises.get(enterprise_id)
             shared = await enterprises.count() > 1
         return _Target(
             integration=row,

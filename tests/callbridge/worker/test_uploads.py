@@ -23,6 +23,7 @@ from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.job_queue import JobQueue
 from callbridge.storage.models import Bitrix24User, Enterprise, IntegrationStatus, Job, JobStatus
 from callbridge.storage.repositories import EnterpriseRepository, IntegrationRepository
+from callbridge.worker.recordings import RecordingRefusedError
 from callbridge.worker.uploads import UPLOAD_KIND, RecordingUploader, run_bitrix24
 from tests.callbridge.crm.bitrix24.harness import callbridge_settings
 from tests.e2e.test_calls_e2e import ENTERPRISE, Env, environment, ev, inbound_answered
@@ -620,3 +621,28 @@ class TestRunBitrix24:
             assert not {"bitrix24-dispatcher", "recording-uploads"} & running
         finally:
             await engine.dispose()
+
+
+class TestWhoseDirectories:
+    async def test_the_directories_are_those_of_the_calls_enterprise(
+        self, recording_env: Env, tenants: tuple[Path, Path]
+    ) -> None:
+        env, (a, _b) = recording_env, tenants
+        (a / "ours.wav").write_bytes(WAV)
+        await env.post(
+            *inbound_answered("1764190300.1"),
+            ev("call.recording", "1764190300.1", 5, 60, path=str(a / "ours.wav")),
+        )
+        await env.settle()
+        job = attach_job(await env.jobs())
+        assert job.status == JobStatus.SUCCEEDED, job.last_error
+        async with env.h.session_factory() as session:
+            other = await EnterpriseRepository(session).by_number("200")
+        assert other is not None
+
+        # The same job, as if enterprise 200's PBX had reported it on this portal.
+        uploader = RecordingUploader(env.h.settings, env.h.portals)
+        with pytest.raises(RecordingRefusedError, match="outside enterprise 200's"):
+            await uploader.upload(
+                job.integration_id, job.payload | {"enterprise_id": other.id}, 1, 10
+            )

@@ -150,8 +150,6 @@ class RecordingUploader:
         params = command.to_params()
         params["CALL_ID"] = target.call_id
         method = command.method
-        # Tokens refused before a reinstall recover by themselves: a refresh of a rejected
-        # token picks up the ones the reinstall stored.
         client = self.portals.client_for(row)
         try:
             with contextlib.closing(recording):

@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     #: How often the worker looks for enterprises whose AMI URL was added or changed.
     ami_poll_interval_seconds: float = Field(default=10.0, gt=0)
     #: Directories recordings reported by path may be read from (comma-separated); a path
-    #: outside them, after resolving symlinks and ``..``, is refused and never read.
+    #: outside them, after resolving symlinks and ``..``, is refused and never read. The upper
+    #: bound of every enterprise's own directories (``callbridge enterprise set-recordings``).
     recordings_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [Path("/var/spool/asterisk/monitor")]
     )
@@ -86,6 +87,8 @@ class Settings(BaseSettings):
     recording_inline_max_bytes: int = Field(default=4 * 1024 * 1024, ge=0)
     #: How long a recording file that does not exist yet is waited for (MixMonitor, NFS lag).
     recording_wait_seconds: float = Field(default=600.0, ge=0)
+    #: Recordings uploaded at once per process (outside the portals' command lanes).
+    recording_upload_concurrency: int = Field(default=2, ge=1, le=100)
 
     @field_validator("encryption_keys", mode="before")
     @classmethod

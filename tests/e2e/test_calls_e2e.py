@@ -1,8 +1,9 @@
 """Calls end to end: PBX webhook → call tracking → dispatcher → the emulated portal.
 
 Everything runs in-process over ASGI on both databases: the emulator installs the app into
-callbridge, the PBX posts call events to ``/pbx/{enterprise}/events``, the dispatcher sends the
-jobs to the emulator, and the outcome is read through the emulator's inspection API.
+callbridge, the PBX posts call events to ``/pbx/{enterprise}/events``, the dispatcher (and the
+recording uploads' worker) send the jobs to the emulator, and the outcome is read through the
+emulator's inspection API.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from bitrix24_emulator.config import EmulatorConfig
 from callbridge.crm.bitrix24.api_log import MemoryApiLog
 from callbridge.domain.commands import split_portal_external_call_id
 from callbridge.portals import Portals
-from callbridge.services.call_tracking import BITRIX24_COMMAND_JOB
+from callbridge.services.call_tracking import BITRIX24_COMMAND_JOB, BITRIX24_UPLOAD_JOB
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
+from callbridge.storage.job_queue import list_jobs
 from callbridge.storage.models import (
     Bitrix24Call,
     Bitrix24Integration,
@@ -42,6 +44,8 @@ from callbridge.storage.models import Call as CallRow
 from callbridge.storage.repositories import IntegrationRepository
 from callbridge.web import bitrix24_app, pbx, routing
 from callbridge.worker.dispatcher import Dispatcher
+from callbridge.worker.uploads import upload_worker
+from callbridge.worker.worker import Worker
 from tests.callbridge.crm.bitrix24.harness import (
     CALLBRIDGE,
     PORTAL,
@@ -60,10 +64,11 @@ USERS = {"101": 1, "102": 2, "103": 3}
 
 @dataclass
 class Env:
-    """Both sides, the enterprise's PBX credentials and a running dispatcher."""
+    """Both sides, the enterprise's PBX credentials, a running dispatcher and uploads' worker."""
 
     h: Harness
     dispatcher: Dispatcher
+    uploads: Worker | None = None
 
     async def post(self, *events: dict[str, Any]) -> None:
         """The PBX reports events (one request)."""
@@ -75,8 +80,25 @@ class Env:
         assert response.status_code == 202, response.text
 
     async def settle(self, seconds: float = 15.0) -> None:
-        """Wait until every command job is finished."""
-        await asyncio.wait_for(self.dispatcher.wait_idle(), seconds)
+        """Wait until every command and recording upload job is finished."""
+
+        async def idle() -> None:
+            while True:
+                await self.dispatcher.wait_idle()
+                async with self.h.session_factory() as session:
+                    busy = [
+                        await list_jobs(session, status=status, kind=BITRIX24_UPLOAD_JOB, limit=1)
+                        for status in ("queued", "running")
+                    ]
+                if not any(busy):
+                    # An upload that just finished may have unblocked a command of its call.
+                    await self.dispatcher.wait_idle()
+                    return
+                if self.uploads is not None:
+                    self.uploads.wake()
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(idle(), seconds)
 
     async def calls(self) -> dict[str, dict[str, Any]]:
         """The portal's calls by leg id, ``<linkedid>-<leg>`` (click-to-call ones by CALL_ID).
@@ -100,7 +122,8 @@ class Env:
             job.payload["command"]["kind"]
             for job in await self.jobs()
             # A missed inbound call also queues its notification, which is no command.
-            if job.kind == BITRIX24_COMMAND_JOB and job.payload.get("linkedid") == linkedid
+            if job.kind in (BITRIX24_COMMAND_JOB, BITRIX24_UPLOAD_JOB)
+            and job.payload.get("linkedid") == linkedid
         ]
 
     async def rest_requests(self) -> list[dict[str, Any]]:
@@ -211,7 +234,10 @@ async def environment(
     dispatcher = Dispatcher(
         settings, session_factory, portals=portals, poll_interval=0.05, batching=batching
     )
+    # As build_worker runs them: on the dispatcher's Portals (one rate budget).
+    uploads = upload_worker(settings, session_factory, portals, poll_interval=0.05)
     task: asyncio.Task[None] | None = None
+    uploading: asyncio.Task[None] | None = None
     try:
         await h.register_app()
         await h.install()
@@ -228,11 +254,13 @@ async def environment(
             for extension, user in USERS.items():
                 session.add(Bitrix24User(integration_id=row.id, user_id=user, extension=extension))
         task = asyncio.create_task(dispatcher.run())
-        yield Env(h, dispatcher)
+        uploading = asyncio.create_task(uploads.run())
+        yield Env(h, dispatcher, uploads)
     finally:
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for running in (task, uploading):
+            if running is not None:
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
         await to_callbridge.aclose()
         await to_emulator.aclose()
         await engine.dispose()

@@ -174,9 +174,9 @@ class FinishCall:
 class AttachRecord:
     """``telephony.externalCall.attachRecord`` for a finished leg.
 
-    With ``url`` Bitrix24 downloads the file itself; with ``path`` (a file on the PBX) the
-    dispatcher fetches it and uploads it (Base64 or the upload URL). ``format`` other than
-    wav/mp3 must be converted first.
+    With ``url`` Bitrix24 downloads the file itself; with ``path`` (a file on the PBX)
+    callbridge reads it and uploads it (Base64 or the upload URL), in a job of its own.
+    ``format`` other than wav/mp3 must be converted first.
     """
 
     name: ClassVar[str] = "attach_record"
@@ -189,7 +189,7 @@ class AttachRecord:
     path: str | None = None
 
     def to_params(self) -> dict[str, Any]:
-        """Bitrix24 parameters of the request (the file content is the dispatcher's)."""
+        """Bitrix24 parameters of the request (the file content is the uploader's)."""
         params: dict[str, Any] = {"FILENAME": self.filename}
         if self.url:
             params["RECORD_URL"] = self.url

@@ -10,7 +10,10 @@ For each batch of events (one webhook request, or a run of AMI events), :func:`t
 3. applies the new events to their calls, in the batch's order, with the enterprise's
    :class:`~callbridge.domain.call.CallPolicy`;
 4. saves each changed call and enqueues one :data:`BITRIX24_COMMAND_JOB` per command, ordered
-   per call (``ordering_key = "call:<call row id>"``) and tagged with the integration.
+   per call (``ordering_key = "call:<call row id>"``) and tagged with the integration. A
+   recording known only as a file on the PBX is a :data:`BITRIX24_UPLOAD_JOB` instead (same
+   payload, same ordering key, so it still runs after the call's finish): uploads run outside
+   the portal's command lane, where a large file would hold up every other call's commands.
 
 The caller commits (the web request's session, or the AMI listener's transaction): nothing is
 half-applied, and an acknowledged event is a committed one. An enterprise without a live
@@ -38,7 +41,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from callbridge.domain.call import Call
-from callbridge.domain.commands import Command, FinishCall, command_to_dict
+from callbridge.domain.commands import AttachRecord, Command, FinishCall, command_to_dict
 from callbridge.domain.events import Direction, Event
 from callbridge.domain.ports import (
     CallKey,
@@ -52,6 +55,7 @@ from callbridge.domain.ports import (
 
 __all__ = [
     "BITRIX24_COMMAND_JOB",
+    "BITRIX24_UPLOAD_JOB",
     "JOB_PAYLOAD_VERSION",
     "NOTIFY_MISSED_JOB",
     "CallTrackingPorts",
@@ -59,6 +63,7 @@ __all__ = [
     "Outcome",
     "command_job_payload",
     "is_missed_inbound",
+    "job_kind",
     "missed_call_payload",
     "ordering_key",
     "track_event_groups",
@@ -69,6 +74,8 @@ logger = logging.getLogger(__name__)
 
 #: One job per Bitrix24 command (register, show, hide, finish, attach_record).
 BITRIX24_COMMAND_JOB: Final = "bitrix24.command"
+#: ``attach_record`` of a file on the PBX: read and uploaded outside the portal's command lane.
+BITRIX24_UPLOAD_JOB: Final = "bitrix24.upload_recording"
 JOB_PAYLOAD_VERSION: Final = 1
 #: A missed inbound call, told to its responsible user (``im.notify``), after its finish.
 NOTIFY_MISSED_JOB: Final = "bitrix24.notify_missed"
@@ -96,6 +103,13 @@ class CallTrackingPorts:
 def ordering_key(call_row_id: int) -> str:
     """The jobs of one call run one at a time, in the order they were enqueued."""
     return f"call:{call_row_id}"
+
+
+def job_kind(command: Command) -> str:
+    """The job kind that runs a command: an upload of a file on the PBX is a kind of its own."""
+    if isinstance(command, AttachRecord) and command.path and not command.url:
+        return BITRIX24_UPLOAD_JOB
+    return BITRIX24_COMMAND_JOB
 
 
 def command_job_payload(
@@ -261,7 +275,7 @@ def _jobs_for(
     for command in commands:
         jobs.append(
             NewJob(
-                BITRIX24_COMMAND_JOB,
+                job_kind(command),
                 command_job_payload(
                     call_row_id=row_id, enterprise_id=enterprise_id, call=call, command=command
                 ),

@@ -64,6 +64,11 @@ class Enterprise(TimestampMixin, Base):
     ami_url_enc: Mapped[str | None] = mapped_column(Text)
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: Absolute directories this enterprise's recordings reported by path may be read from,
+    #: each inside ``CALLBRIDGE_RECORDINGS_DIRS``; empty: the bridge's (see worker.recordings).
+    recordings_dirs: Mapped[list[str]] = mapped_column(
+        JsonDoc, default=list, server_default=text("'[]'")
+    )
 
 
 class IntegrationStatus(StrEnum):

@@ -16,10 +16,11 @@ from callbridge.storage.job_queue import JobQueue
 from callbridge.worker.ami import AmiSupervisor
 from callbridge.worker.click_to_call import register_click_to_call_jobs
 from callbridge.worker.directory import USER_SYNC_TASK, register_directory_jobs, user_sync_task
-from callbridge.worker.dispatcher import DISPATCHER_KIND, Dispatcher
+from callbridge.worker.dispatcher import DISPATCHER_KIND
 from callbridge.worker.maintenance import Retention, run_maintenance
 from callbridge.worker.registry import JobContext, JobRegistry, default_registry
 from callbridge.worker.retry import RetryDecision, RetryPolicy
+from callbridge.worker.uploads import UPLOAD_KIND, run_bitrix24
 from callbridge.worker.worker import Worker
 
 __all__ = [
@@ -51,17 +52,22 @@ def build_worker(
         session_factory,
         registry,
         queue=queue,
-        # Bitrix24 commands belong to the dispatcher, which batches them per portal.
-        kinds=registry.kinds - {DISPATCHER_KIND},
+        # Bitrix24 commands belong to the dispatcher, which batches them per portal; recording
+        # uploads to a worker of their own.
+        kinds=registry.kinds - {DISPATCHER_KIND, UPLOAD_KIND},
         concurrency=settings.worker_concurrency,
         poll_interval=settings.worker_poll_interval_seconds,
         shutdown_timeout=settings.worker_shutdown_timeout_seconds,
         listen_url=listen_url,
     )
-    dispatcher = Dispatcher(
-        settings, session_factory, queue=queue, listen_url=listen_url, name=f"{worker.name}/b24"
+    # Bitrix24 commands per portal lane, and recordings uploaded outside the lanes: one Portals
+    # (HTTP pool, rate budget) for both.
+    worker.add_side_task(
+        "bitrix24-dispatcher",
+        lambda: run_bitrix24(
+            settings, session_factory, queue=queue, listen_url=listen_url, name=worker.name
+        ),
     )
-    worker.add_side_task("bitrix24-dispatcher", dispatcher.run)
     worker.add_side_task(USER_SYNC_TASK, user_sync_task(directory))
     retention = Retention(
         api_log=timedelta(days=settings.api_log_retention_days),

@@ -24,11 +24,9 @@ in particular no command of the same call, runs out of order. The failed job get
 (per the retry policy); the jobs after it were not run and go back without spending an attempt,
 and so do the held commands of its call, which then wait behind it in the queue.
 
-An ``attachRecord`` of a recording known only as a file on the PBX goes in its own request after
-the rest, once every earlier command of its call got through: the file (inside
-``recordings_dirs``, see :mod:`callbridge.worker.recordings`) travels Base64 in ``FILE_CONTENT``
-when small, else by the ``uploadUrl`` the portal answers to ``FILENAME`` alone, streamed. A file
-not there yet is waited for with backoff, up to ``recording_wait_seconds``.
+An ``attachRecord`` of a recording known only as a file on the PBX is no command of the lane: it
+is a job of its own kind, uploaded outside the lane (:mod:`callbridge.worker.uploads`), so a
+large file never holds up the portal's other calls.
 
 Commands retried after a lost answer (at-least-once delivery) are idempotent: a second
 ``register`` gets the same ``CALL_ID`` (Bitrix24 deduplicates on ``EXTERNAL_CALL_ID`` for 30
@@ -61,7 +59,6 @@ progress, or the poll interval.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -87,7 +84,6 @@ from callbridge.crm.bitrix24.errors import (
     PortalGone,
     QueryLimitExceeded,
     ReauthRequired,
-    UnexpectedResponse,
 )
 from callbridge.crm.bitrix24.rate_limit import RateLimiter, RatePlan
 from callbridge.domain.commands import (
@@ -114,13 +110,6 @@ from callbridge.storage.job_queue import ClaimedJob, JobQueue, list_jobs, listen
 from callbridge.storage.models import Bitrix24Integration, IntegrationStatus, Job
 from callbridge.storage.repositories.calls import CallRepository
 from callbridge.worker.dispatch_policy import BucketMirror, Decision, Held, Tuning, decide
-from callbridge.worker.recordings import (
-    RecordingError,
-    RecordingMissingError,
-    missing_retry_delay,
-    missing_wait_so_far,
-    open_recording,
-)
 from callbridge.worker.retry import RetryPolicy
 
 __all__ = ["DISPATCHER_KIND", "Dispatcher", "LegNotRegisteredError"]
@@ -141,15 +130,8 @@ _METHODS: Final = {
 }
 
 
-_AUDIO_TYPES: Final = {"wav": "audio/wav", "mp3": "audio/mpeg"}
-
-
 class LegNotRegisteredError(Permanent):
     """The command's leg has no Bitrix24 CALL_ID: its register did not succeed."""
-
-
-class RecordingNotReadyError(Permanent):
-    """A recording file on the PBX did not appear in time."""
 
 
 # --- one request's plan and outcome ---------------------------------------------------------------
@@ -174,8 +156,6 @@ class _Planned:
     ready: dict[str, Any] | None = None
     #: Cannot be sent at all.
     error: Exception | None = None
-    #: An ``attachRecord`` of a file on the PBX: sent alone, after the request (its path).
-    upload: str | None = None
 
     @property
     def sendable(self) -> bool:
@@ -219,7 +199,7 @@ class _Lane:
     #: ``time.operating_reset_at`` per lower-cased method, as the portal last reported it.
     operating_reset_at: dict[str, float] = field(default_factory=dict)
     mirror: BucketMirror | None = None
-    #: Requests of the current round (an upload after the batch is one more).
+    #: Requests of the current round.
     requests_this_round: int = 0
 
 
@@ -804,11 +784,11 @@ class Dispatcher:
                     registers[key] = plan.name
                 continue
             if isinstance(command, AttachRecord) and not command.url:
-                if not command.path:
-                    plan.error = CallStateError("attach_record names neither a URL nor a path")
-                    continue
-                # The file goes in its own request (a batch would carry megabytes of Base64).
-                plan.upload = command.path
+                # A file on the PBX is uploaded by a job of its own kind (worker.uploads).
+                plan.error = CallStateError(
+                    "attach_record without a URL is no command of the dispatcher"
+                )
+                continue
             if key in known:
                 plan.params["CALL_ID"] = known[key]
             elif key in registers:
@@ -830,14 +810,11 @@ class Dispatcher:
                 outcomes[plan.job.id] = _Outcome(_Fate.DONE, plan.ready)
             elif plan.error is not None:
                 outcomes[plan.job.id] = _Outcome(_Fate.FAILED, error=plan.error)
-        sendable = [plan for plan in plans if plan.sendable and plan.upload is None]
-        # The lane took one slot of its bucket mirror for this round; uploads add requests.
+        sendable = [plan for plan in plans if plan.sendable]
+        # The lane took one slot of its bucket mirror for this round.
         lane.requests_this_round = 0
         if sendable:
             await self._send_request(client, sendable, lane, outcomes)
-        uploads = [plan for plan in plans if plan.sendable and plan.upload is not None]
-        for plan in uploads:
-            outcomes[plan.job.id] = await self._send_upload(client, plan, plans, outcomes, lane)
         return outcomes
 
     async def _send_request(
@@ -887,119 +864,12 @@ class Dispatcher:
             return
         lane.failures = 0
 
-    async def _send_upload(
-        self,
-        client: Bitrix24Client,
-        plan: _Planned,
-        plans: Sequence[_Planned],
-        outcomes: Mapping[int, _Outcome],
-        lane: _Lane,
-    ) -> _Outcome:
-        """``attachRecord`` of a file on the PBX: Base64 when small, else ``uploadUrl``.
-
-        It runs after the request that carried the rest, and only if every earlier command of
-        its call got through (its finish above all). No database session is open here.
-        """
-        assert isinstance(plan.command, AttachRecord)
-        assert plan.upload is not None
-        now = time.monotonic()
-        if lane.reauth or lane.paused_until > now:
-            return _Outcome(
-                _Fate.NOT_RUN,
-                delay=max(0.0, lane.paused_until - now),
-                note="not run: the portal request before it failed",
-            )
-        for earlier in plans:
-            if earlier is plan:
-                break
-            if (
-                earlier.job.ordering_key == plan.job.ordering_key
-                and earlier.job.id in outcomes
-                and outcomes[earlier.job.id].fate is not _Fate.DONE
-            ):
-                return _Outcome(
-                    _Fate.NOT_RUN, note="not run: an earlier command of its call failed"
-                )
-        params = dict(plan.params)
-        if plan.refers_to is not None:
-            register = next((p for p in plans if p.name == plan.refers_to), None)
-            result = outcomes[register.job.id].result if register is not None else None
-            call_id = (result or {}).get("CALL_ID")
-            if not call_id:
-                return _Outcome(_Fate.NOT_RUN, note="not run: its leg is not registered yet")
-            params["CALL_ID"] = str(call_id)
-        try:
-            recording = await asyncio.to_thread(
-                open_recording,
-                plan.upload,
-                self.settings.recordings_dirs,
-                self.settings.recording_max_bytes,
-            )
-        except RecordingMissingError as err:
-            return self._recording_missing(plan, err)
-        except RecordingError as err:
-            return _Outcome(_Fate.FAILED, error=err)
-        self._count_request(lane)
-        self.commands += 1
-        method = plan.command.method
-        try:
-            with contextlib.closing(recording):
-                if recording.size <= self.settings.recording_inline_max_bytes:
-                    content = await recording.read_all()
-                    params["FILE_CONTENT"] = base64.b64encode(content).decode("ascii")
-                    value = await client.call(method, params)
-                else:
-                    params.pop("FILE_CONTENT", None)
-                    answer = await client.call(method, params)
-                    target = answer if isinstance(answer, Mapping) else {}
-                    url = target.get("uploadUrl")
-                    if not isinstance(url, str) or not url:
-                        raise UnexpectedResponse(
-                            f"{method} without FILE_CONTENT answered no uploadUrl: {answer!r}",
-                            method=method,
-                        )
-                    self._count_request(lane)
-                    value = await client.upload(
-                        url,
-                        str(target.get("fieldName") or "file"),
-                        plan.command.filename,
-                        recording.chunks(),
-                        recording.size,
-                        content_type=_AUDIO_TYPES.get(plan.command.format.lower(), "audio/wav"),
-                    )
-        except RecordingMissingError as err:
-            return self._recording_missing(plan, err)
-        except (CallNotFound, OperationTimeLimit) as err:
-            return self._command_failed(plan, err, lane)
-        except Exception as err:  # noqa: BLE001 - every failure is classified below
-            return self._request_failed(err, [plan], lane)[plan.job.id]
-        lane.failures = 0
-        result = _as_result(value)
-        result["uploaded_bytes"] = recording.size
-        return _Outcome(_Fate.DONE, result)
-
     def _count_request(self, lane: _Lane) -> None:
         """Count a request; past the round's first, it also takes a slot of the bucket mirror."""
         self.requests += 1
         lane.requests_this_round += 1
         if lane.requests_this_round > 1 and lane.mirror is not None:
             lane.mirror.take(time.monotonic())
-
-    def _recording_missing(self, plan: _Planned, err: RecordingMissingError) -> _Outcome:
-        """Wait for a recording that is not there yet, with backoff, for a bounded time."""
-        attempt = plan.job.attempts
-        waited = missing_wait_so_far(attempt)
-        delay = missing_retry_delay(attempt)
-        limit = self.settings.recording_wait_seconds
-        if waited >= limit or attempt >= plan.job.max_attempts:
-            return _Outcome(
-                _Fate.FAILED,
-                error=RecordingNotReadyError(
-                    f"{err}; gave up after waiting {waited:.0f}s over {attempt} tries "
-                    f"(CALLBRIDGE_RECORDING_WAIT_SECONDS={limit:g})"
-                ),
-            )
-        return _Outcome(_Fate.FAILED, error=RecordingMissingError(str(err), retry_after=delay))
 
     def _command_failed(self, plan: _Planned, err: Exception, lane: _Lane) -> _Outcome:
         """The fate of one command Bitrix24 refused (alone or in a batch)."""

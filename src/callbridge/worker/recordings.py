@@ -1,16 +1,25 @@
 """Recordings the PBX reports as a file path: which files may be read, and reading them.
 
 A ``call.recording`` event (or AMI's ``MIXMONITOR_FILENAME``) may name a file on the PBX rather
-than a URL. The PBX is not trusted to name any file it likes: a path is read only when, after
-resolving symlinks and ``..``, it lies inside one of the configured recordings directories
-(``CALLBRIDGE_RECORDINGS_DIRS``), is a regular file, and is no bigger than the size cap. A path
-outside is refused for good; a file that is not there yet (MixMonitor still writing, NFS lag)
-is worth waiting for.
+than a URL. The PBX is not trusted to name any file it likes, and one bridge serves many
+enterprises, whose recordings may sit side by side. A path is read only when, after resolving
+symlinks and ``..``:
+
+- it lies inside one of the bridge's recordings directories (``CALLBRIDGE_RECORDINGS_DIRS``,
+  the upper bound for every enterprise), and
+- when the enterprise has recordings directories of its own (``callbridge enterprise
+  set-recordings``), inside one of those too. An enterprise without any falls back to the
+  bridge's directories: fine for a bridge serving one enterprise, a warning where it serves
+  several (one enterprise's webhook could name another's file);
+
+and it is a regular file no bigger than the size cap. A path outside is refused for good; a
+file that is not there yet (MixMonitor still writing, NFS lag) is worth waiting for.
 
     RecordingError
     ├── RecordingRefusedError (Permanent)    outside the directories, not a file, relative path
     ├── RecordingTooLargeError (Permanent)   above the size cap
-    └── RecordingMissingError (Retryable)    not there (yet), or still empty
+    ├── RecordingMissingError (Retryable)    not there (yet), or still empty
+    └── RecordingNotReadyError (Permanent)   still missing after the wait
 """
 
 from __future__ import annotations
@@ -30,8 +39,10 @@ __all__ = [
     "OpenRecording",
     "RecordingError",
     "RecordingMissingError",
+    "RecordingNotReadyError",
     "RecordingRefusedError",
     "RecordingTooLargeError",
+    "missing_recording_error",
     "missing_retry_delay",
     "missing_wait_so_far",
     "open_recording",
@@ -55,6 +66,10 @@ class RecordingTooLargeError(RecordingError, Permanent):
 
 class RecordingMissingError(RecordingError, Retryable):
     """The recording file does not exist (yet)."""
+
+
+class RecordingNotReadyError(RecordingError, Permanent):
+    """A recording file on the PBX did not appear in time."""
 
 
 @dataclass
@@ -84,8 +99,19 @@ class OpenRecording:
             yield chunk
 
 
-def open_recording(path: str, allowed_dirs: Sequence[Path], max_bytes: int) -> OpenRecording:
-    """Open the recording at ``path`` if the policy allows it (blocking: run it in a thread)."""
+def open_recording(
+    path: str,
+    allowed_dirs: Sequence[Path],
+    max_bytes: int,
+    *,
+    enterprise_dirs: Sequence[Path] = (),
+    enterprise: str = "",
+) -> OpenRecording:
+    """Open the recording at ``path`` if the policy allows it (blocking: run it in a thread).
+
+    ``allowed_dirs`` are the bridge's directories; ``enterprise_dirs``, when given, the
+    directories of the enterprise (number ``enterprise``) that reported the recording.
+    """
     if not allowed_dirs:
         raise RecordingRefusedError(
             f"recording {path!r} is a file on the PBX, but no recordings directory is "
@@ -96,11 +122,22 @@ def open_recording(path: str, allowed_dirs: Sequence[Path], max_bytes: int) -> O
         raise RecordingRefusedError(f"recording path {path!r} is not absolute")
     # resolve() follows every symlink and folds ``..``: what is checked is what gets opened.
     resolved = candidate.resolve(strict=False)
+    who = f"enterprise {enterprise}" if enterprise else "the enterprise"
+    if enterprise_dirs:
+        own = [directory.resolve(strict=False) for directory in enterprise_dirs]
+        if not any(resolved.is_relative_to(root) for root in own):
+            fix = f"callbridge enterprise set-recordings {enterprise or 'NUMBER'} DIR..."
+            raise RecordingRefusedError(
+                f"recording {path!r} (resolved to {str(resolved)!r}) is outside {who}'s "
+                f"recordings directories ({', '.join(str(root) for root in own)}); refused. "
+                f"If the file is {who}'s, add its directory: `{fix}`"
+            )
     roots = [directory.resolve(strict=False) for directory in allowed_dirs]
     if not any(resolved.is_relative_to(root) for root in roots):
         raise RecordingRefusedError(
             f"recording {path!r} (resolved to {str(resolved)!r}) is outside the recordings "
-            f"directories ({', '.join(str(root) for root in roots)}); refused"
+            f"directories ({', '.join(str(root) for root in roots)}); refused. "
+            "Every recording read by path must lie inside CALLBRIDGE_RECORDINGS_DIRS"
         )
     try:
         # O_NOFOLLOW: a symlink swapped in after the check is not followed out of the directory.
@@ -139,3 +176,16 @@ def missing_retry_delay(attempt: int) -> float:
 def missing_wait_so_far(attempt: int) -> float:
     """Seconds already waited for a missing recording before run number ``attempt``."""
     return sum(missing_retry_delay(run) for run in range(1, attempt))
+
+
+def missing_recording_error(
+    err: RecordingMissingError, attempt: int, max_attempts: int, wait_seconds: float
+) -> RecordingError:
+    """What a missing file at run ``attempt`` means: wait (with backoff) or give up for good."""
+    waited = missing_wait_so_far(attempt)
+    if waited >= wait_seconds or attempt >= max_attempts:
+        return RecordingNotReadyError(
+            f"{err}; gave up after waiting {waited:.0f}s over {attempt} tries "
+            f"(CALLBRIDGE_RECORDING_WAIT_SECONDS={wait_seconds:g})"
+        )
+    return RecordingMissingError(str(err), retry_after=missing_retry_delay(attempt))

@@ -12,8 +12,10 @@ from callbridge.domain.errors import Permanent, Retryable
 from callbridge.worker.recordings import (
     CHUNK_BYTES,
     RecordingMissingError,
+    RecordingNotReadyError,
     RecordingRefusedError,
     RecordingTooLargeError,
+    missing_recording_error,
     missing_retry_delay,
     missing_wait_so_far,
     open_recording,
@@ -151,6 +153,73 @@ class TestOpenRecording:
             open_recording(str(monitor / "a.wav"), [monitor], CAP)
 
 
+class TestEnterpriseDirectories:
+    """With directories of its own, an enterprise reads inside them and the bridge's only."""
+
+    @pytest.fixture
+    def tenants(self, monitor: Path) -> tuple[Path, Path]:
+        a, b = monitor / "100", monitor / "200"
+        a.mkdir()
+        b.mkdir()
+        (a / "ours.wav").write_bytes(WAV)
+        (b / "theirs.wav").write_bytes(WAV)
+        return a, b
+
+    def test_its_own_file_is_opened(self, monitor: Path, tenants: tuple[Path, Path]) -> None:
+        a, _b = tenants
+        open_recording(str(a / "ours.wav"), [monitor], CAP, enterprise_dirs=[a]).close()
+
+    def test_another_enterprises_file_is_refused_naming_the_fix(
+        self, monitor: Path, tenants: tuple[Path, Path]
+    ) -> None:
+        a, b = tenants
+        with pytest.raises(RecordingRefusedError) as caught:
+            open_recording(
+                str(b / "theirs.wav"), [monitor], CAP, enterprise_dirs=[a], enterprise="100"
+            )
+        assert "outside enterprise 100's recordings directories" in str(caught.value)
+        assert "callbridge enterprise set-recordings 100 DIR..." in str(caught.value)
+        assert isinstance(caught.value, Permanent)
+
+    @pytest.mark.parametrize("how", ["file link", "directory link", "dotdot"])
+    def test_escapes_into_another_enterprises_directory_are_refused(
+        self, monitor: Path, tenants: tuple[Path, Path], how: str
+    ) -> None:
+        a, b = tenants
+        if how == "file link":
+            (a / "link.wav").symlink_to(b / "theirs.wav")
+            path = str(a / "link.wav")
+        elif how == "directory link":
+            (a / "shared").symlink_to(b, target_is_directory=True)
+            path = str(a / "shared" / "theirs.wav")
+        else:
+            path = f"{a}/../200/theirs.wav"
+        with pytest.raises(RecordingRefusedError, match="outside enterprise 100's"):
+            open_recording(path, [monitor], CAP, enterprise_dirs=[a], enterprise="100")
+
+    def test_the_bridges_directories_stay_the_upper_bound(
+        self, monitor: Path, tmp_path: Path
+    ) -> None:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "a.wav").write_bytes(WAV)
+        with pytest.raises(RecordingRefusedError, match="CALLBRIDGE_RECORDINGS_DIRS"):
+            open_recording(str(elsewhere / "a.wav"), [monitor], CAP, enterprise_dirs=[elsewhere])
+
+    def test_no_bridge_directory_refuses_even_an_enterprises_own(
+        self, tenants: tuple[Path, Path]
+    ) -> None:
+        a, _b = tenants
+        with pytest.raises(RecordingRefusedError, match="no recordings directory"):
+            open_recording(str(a / "ours.wav"), [], CAP, enterprise_dirs=[a])
+
+    def test_any_of_its_directories_will_do(
+        self, monitor: Path, tenants: tuple[Path, Path]
+    ) -> None:
+        a, b = tenants
+        open_recording(str(b / "theirs.wav"), [monitor], CAP, enterprise_dirs=[a, b]).close()
+
+
 class TestReading:
     async def test_chunks_stream_exactly_the_file(self, monitor: Path) -> None:
         content = bytes(range(256)) * (2 * CHUNK_BYTES // 256 + 3)
@@ -175,6 +244,20 @@ class TestWaiting:
 
     def test_time_waited_before_a_run(self) -> None:
         assert [missing_wait_so_far(n) for n in (1, 2, 3, 6, 10)] == [0, 5, 15, 155, 635]
+
+    def test_a_missing_file_is_waited_for_with_backoff(self) -> None:
+        error = missing_recording_error(RecordingMissingError("gone"), 3, 10, 600)
+        assert type(error) is RecordingMissingError
+        assert error.retry_after == 20
+
+    @pytest.mark.parametrize(("attempt", "max_attempts", "wait"), [(7, 10, 200), (3, 3, 600)])
+    def test_past_the_wait_or_the_attempts_it_is_not_ready_for_good(
+        self, attempt: int, max_attempts: int, wait: float
+    ) -> None:
+        error = missing_recording_error(RecordingMissingError("gone"), attempt, max_attempts, wait)
+        assert isinstance(error, RecordingNotReadyError)
+        assert isinstance(error, Permanent)
+        assert f"CALLBRIDGE_RECORDING_WAIT_SECONDS={wait:g}" in str(error)
 
 
 class TestSettings:

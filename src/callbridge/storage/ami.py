@@ -55,6 +55,8 @@ class StatusUpdate:
     events_in: int
     last_event_at: datetime | None
     since: datetime
+    #: Only while connected: the PBX's time up to which its events are all stored.
+    heartbeat_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,10 @@ class AmiStatusRepository(Repository[AmiStatus]):
             "since": update.since,
             "updated_at": utcnow(),
         }
+        if update.heartbeat_at is not None:
+            # Otherwise the last one stays: a standby that is still connecting must read it.
+            values["heartbeat_at"] = update.heartbeat_at
+            values["heartbeat_pbx"] = update.pbx[:255]
         insert = dialect_insert(AmiStatus).values(enterprise_id=enterprise_id, **values)
         await self.session.execute(
             insert.on_conflict_do_update(index_elements=["enterprise_id"], set_=values)
@@ -103,6 +109,14 @@ class AmiStatusRepository(Repository[AmiStatus]):
             .order_by(Enterprise.id)
         )
         return (await self.session.scalars(statement)).all()
+
+    async def heartbeat(self, enterprise_id: int, pbx: str) -> datetime | None:
+        """The enterprise's last heartbeat stored while connected to ``pbx`` (host:port)."""
+        statement = select(AmiStatus.heartbeat_at).where(
+            AmiStatus.enterprise_id == enterprise_id, AmiStatus.heartbeat_pbx == pbx[:255]
+        )
+        heartbeat: datetime | None = await self.session.scalar(statement)
+        return heartbeat
 
     async def open_calls(self, enterprise_id: int, source: str) -> list[OpenCallRow]:
         """Calls still open that this AMI source reported events for."""

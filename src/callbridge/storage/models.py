@@ -346,3 +346,8 @@ class AmiStatus(Base):
     last_event_at: Mapped[datetime | None]
     since: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The last heartbeat of a listener connected to ``heartbeat_pbx``, in that PBX's clock: the
+    # calls it had not ended were alive then. Kept while later reports are not connected, so
+    # a standby that takes over can end what ended after it (``pbx`` is then its own).
+    heartbeat_at: Mapped[datetime | None]
+    heartbeat_pbx: Mapped[str | None] = mapped_column(String(255))

@@ -32,6 +32,7 @@ from callbridge.pbx.ami.listener import (
     AmiUrl,
     ListenerStatus,
     OpenCall,
+    OpenCalls,
     translator_config,
 )
 from callbridge.pbx.ami.translate_config import TranslatorConfig
@@ -234,10 +235,13 @@ class AmiSupervisor:
             async with self.session_factory() as session, session.begin():
                 await AmiStatusRepository(session).report(enterprise_id, _update(status, self))
 
-        async def open_calls() -> list[OpenCall]:
+        async def open_calls() -> OpenCalls:
             async with self.session_factory() as session:
-                rows = await AmiStatusRepository(session).open_calls(enterprise_id, source)
-            return [OpenCall(row.linkedid, row.answered, row.last_seen) for row in rows]
+                repository = AmiStatusRepository(session)
+                rows = await repository.open_calls(enterprise_id, source)
+                heartbeat = await repository.heartbeat(enterprise_id, target.url.address)
+            calls = [OpenCall(row.linkedid, row.answered, row.last_seen) for row in rows]
+            return OpenCalls(calls, heartbeat)
 
         listener = AmiListener(
             target.url,
@@ -267,6 +271,7 @@ def _update(status: ListenerStatus, supervisor: AmiSupervisor) -> StatusUpdate:
         events_in=status.events_in,
         last_event_at=status.last_event_at,
         since=status.since,
+        heartbeat_at=status.heartbeat,
     )
 
 

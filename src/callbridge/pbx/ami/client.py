@@ -292,6 +292,11 @@ class AmiClient:
         """``host:port`` of the PBX."""
         return f"{self.host}:{self.port}"
 
+    @property
+    def pending_events(self) -> int:
+        """Events (and markers) received and not yet taken by the consumer."""
+        return self._queue.qsize()
+
     async def __aenter__(self) -> Self:
         await self.connect()
         return self

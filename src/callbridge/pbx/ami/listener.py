@@ -20,12 +20,15 @@ are applied first, then its ``CoreShowChannel`` events (channels that appeared w
 adopted), then the events after it. After a reconnect, events were missed: calls whose channels
 all vanished are ended with what is known, as of when we lost sight of them. A listener that
 starts fresh, e.g. a standby taking over from a process that died, also ends the calls the
-database still has open for this PBX that the PBX no longer has (``open_calls``), as of their
-last stored event. "Now" in the PBX's clock is our clock plus the skew seen on its last event
-(or measured by the last ``Ping``).
+database still has open for this PBX that the PBX no longer has (``open_calls``), as of the
+later of their last stored event and the last heartbeat of the listener before us: it was
+connected to this PBX with every event applied then, so a call it did not end was still
+alive. "Now" in the PBX's clock is our clock plus the skew seen on its last event (or measured
+by the last ``Ping``).
 
 Its :class:`ListenerStatus` (connected, disconnected, unreachable, refused...) goes to logs on
-every change and to ``on_status`` on every change and every ``status_interval`` seconds.
+every change and to ``on_status`` on every change and every ``status_interval`` seconds; while
+connected it carries that heartbeat.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ __all__ = [
     "ListenerState",
     "ListenerStatus",
     "OpenCall",
+    "OpenCalls",
     "OpenCallsSource",
     "StatusSink",
     "translator_config",
@@ -174,6 +178,10 @@ class ListenerStatus:
     last_event_at: datetime | None
     since: datetime
     dropped_events: int = 0
+    #: While connected: the latest time, in the PBX's clock, up to which every event the PBX
+    #: sent has been applied (now, when nothing is waiting). A call the store has not ended
+    #: was alive then; ``None`` when not connected.
+    heartbeat: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -186,10 +194,20 @@ class OpenCall:
     last_seen: datetime | None = None
 
 
+@dataclass(frozen=True)
+class OpenCalls:
+    """What the store knows of this PBX's calls when a listener starts."""
+
+    calls: Sequence[OpenCall]
+    #: The last :attr:`ListenerStatus.heartbeat` stored by a listener connected to this same
+    #: PBX (``None`` if none was): the calls above were still alive then.
+    heartbeat: datetime | None = None
+
+
 #: Applies the facts of one AMI event (or one reconciliation), all or nothing.
 FactSink = Callable[[Sequence[CallFact]], Awaitable[None]]
 StatusSink = Callable[[ListenerStatus], Awaitable[None]]
-OpenCallsSource = Callable[[], Awaitable[Sequence[OpenCall]]]
+OpenCallsSource = Callable[[], Awaitable[OpenCalls]]
 
 
 def translator_config(settings: Mapping[str, Any] | None) -> TranslatorConfig:
@@ -219,6 +237,21 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _orphan_end(last_seen: datetime | None, heartbeat: datetime | None, now: datetime) -> datetime:
+    """When a call that ended while nobody listened ended, as far as we can tell (PBX clock).
+
+    Exactly when is unknown, and ``now`` may be hours later; but it was still alive at its last
+    stored event and at the last heartbeat of the listener that stored its events (connected,
+    it would have stored the hang-up). Never before its last event, never after now.
+    """
+    alive = heartbeat if heartbeat is None or heartbeat <= now else now
+    if last_seen is None:
+        return alive or now
+    if alive is None or alive <= last_seen:
+        return last_seen
+    return alive
+
+
 class AmiListener:
     """Listens to one PBX for as long as it runs.
 
@@ -235,8 +268,8 @@ class AmiListener:
     on_status
         Receives the status on every change and every ``status_interval`` seconds.
     open_calls
-        Calls the store has open for this PBX; those the PBX no longer has are ended when the
-        listener starts (a takeover, a restart).
+        Calls the store has open for this PBX, and the last heartbeat stored for it; the calls
+        the PBX no longer has are ended when the listener starts (a takeover, a restart).
     retry_refused_after
         Seconds before logging in again after the PBX refused us (someone may fix
         ``manager.conf`` without touching our configuration).
@@ -293,6 +326,10 @@ class AmiListener:
         self._facts_out = 0
         self._last_event_at: datetime | None = None
         self._reported: ListenerState | None = None
+        # Handling an event or marker taken from the client: what it implies is not stored yet.
+        self._busy = False
+        # The last time (PBX clock) the listener had applied everything the PBX had sent.
+        self._drained_at: datetime | None = None
         self._started = False
         self._caught_up = False
         self._publishing = asyncio.Lock()
@@ -325,7 +362,17 @@ class AmiListener:
             last_event_at=self._last_event_at,
             since=self._since,
             dropped_events=dropped,
+            heartbeat=self._heartbeat(state, client),
         )
+
+    def _heartbeat(self, state: ListenerState, client: AmiClient | None) -> datetime | None:
+        """Up to when every event the PBX sent is stored, in its clock; None unless connected."""
+        if state is not ListenerState.CONNECTED or client is None:
+            return None
+        if self._busy or client.pending_events:
+            # A hang-up may be among what is still waiting: only the last drained moment holds.
+            return self._drained_at
+        return self._pbx_now()
 
     def _set_state(self, state: ListenerState, error: str | None = None) -> None:
         if state is not self._state:
@@ -431,26 +478,36 @@ class AmiListener:
         await client.connect(retry=True)
         await self._on_login(client)
         async for event in client:
-            if isinstance(event, Disconnected):
-                self.connected.clear()
-                self._lost_at = self._pbx_now()
-                self._down_reason = event.reason
-                self._set_state(ListenerState.DISCONNECTED, event.reason)
-                await self._publish()
-            elif isinstance(event, Reconnected):
-                await self._on_login(client)
-            elif isinstance(event, ListResult):
-                if event.action == _SNAPSHOT:
-                    await self._catch_up(event.events)
-            else:
-                self._events_in += 1
-                self._last_event_at = self._clock()
-                facts = self.translator.feed(event)
-                pbx_time = self.translator.last_time
-                if pbx_time is not None:
-                    self._pbx_skew = pbx_time - self._last_event_at
-                if facts:
-                    await self._apply(facts)
+            self._busy = True
+            try:
+                await self._handle(client, event)
+            finally:
+                self._busy = False
+            if not client.pending_events:
+                self._drained_at = self._pbx_now()
+
+    async def _handle(self, client: AmiClient, event: Event) -> None:
+        """One event or marker from the client, applied before the next is taken."""
+        if isinstance(event, Disconnected):
+            self.connected.clear()
+            self._lost_at = self._pbx_now()
+            self._down_reason = event.reason
+            self._set_state(ListenerState.DISCONNECTED, event.reason)
+            await self._publish()
+        elif isinstance(event, Reconnected):
+            await self._on_login(client)
+        elif isinstance(event, ListResult):
+            if event.action == _SNAPSHOT:
+                await self._catch_up(event.events)
+        else:
+            self._events_in += 1
+            self._last_event_at = self._clock()
+            facts = self.translator.feed(event)
+            pbx_time = self.translator.last_time
+            if pbx_time is not None:
+                self._pbx_skew = pbx_time - self._last_event_at
+            if facts:
+                await self._apply(facts)
 
     async def _on_login(self, client: AmiClient) -> None:
         """Read the PBX's clock, then ask for its live channels (answered in the stream)."""
@@ -524,7 +581,7 @@ class AmiListener:
         live.update(self.translator.active_calls)
         now = self._pbx_now()
         facts: list[CallFact] = []
-        for call in stored:
+        for call in stored.calls:
             if call.linkedid in live:
                 continue
             facts.append(
@@ -532,14 +589,17 @@ class AmiListener:
                     call_id=call.linkedid,
                     # The translator's own id for this fact: never applied twice.
                     event_id=f"{call.linkedid}:ended",
-                    # As of its last event the store has: when whoever listened lost sight
-                    # of it is unknown, and ``now`` may be hours later (or in another clock).
-                    timestamp=call.last_seen or now,
+                    timestamp=_orphan_end(call.last_seen, stored.heartbeat, now),
                     disposition=Disposition.ANSWERED if call.answered else Disposition.NO_ANSWER,
                 )
             )
         if facts:
-            logger.info("ami.orphans_ended", pbx=self.name, calls=len(facts))
+            logger.info(
+                "ami.orphans_ended",
+                pbx=self.name,
+                calls=len(facts),
+                heartbeat=stored.heartbeat.isoformat() if stored.heartbeat else None,
+            )
         return facts
 
     # -- applying facts -----------------------------------------------------------------------

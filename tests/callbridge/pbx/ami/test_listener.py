@@ -26,6 +26,7 @@ from callbridge.pbx.ami.listener import (
     ListenerState,
     ListenerStatus,
     OpenCall,
+    OpenCalls,
     translator_config,
 )
 from callbridge.pbx.ami.replay import AmiReplayServer, Recording
@@ -121,10 +122,13 @@ class Env:
                     self.enterprise_id, _update(status, _Holder())
                 )
 
-        async def open_calls() -> list[OpenCall]:
+        async def open_calls() -> OpenCalls:
             async with self.sessions() as session:
-                rows = await AmiStatusRepository(session).open_calls(self.enterprise_id, url.source)
-            return [OpenCall(row.linkedid, row.answered, row.last_seen) for row in rows]
+                repository = AmiStatusRepository(session)
+                rows = await repository.open_calls(self.enterprise_id, url.source)
+                heartbeat = await repository.heartbeat(self.enterprise_id, url.address)
+            calls = [OpenCall(row.linkedid, row.answered, row.last_seen) for row in rows]
+            return OpenCalls(calls, heartbeat)
 
         options: dict[str, Any] = {
             "ping_interval": None,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from callbridge.pbx.ami.listener import (
     OpenCalls,
     translator_config,
 )
-from callbridge.pbx.ami.replay import AmiReplayServer, Recording
+from callbridge.pbx.ami.replay import AmiReplayServer, RecordedEvent, Recording
 from callbridge.services.call_tracking import track_events
 from callbridge.storage.ami import AmiStatusRepository
 from callbridge.storage.call_tracking import call_tracking_ports
@@ -225,7 +226,7 @@ async def server() -> AsyncIterator[list[AmiReplayServer]]:
 
 
 async def start_server(
-    servers: list[AmiReplayServer], *files: Path, **kwargs: Any
+    servers: list[AmiReplayServer], *files: Path | Recording, **kwargs: Any
 ) -> AmiReplayServer:
     kwargs.setdefault("speed", 0)
     kwargs.setdefault("gap", 0)
@@ -533,3 +534,155 @@ class TestCatchingUp:
 
         call = await env.wait_call("ended")
         assert call.started_at == datetime.fromtimestamp(int(float(linkedid)), UTC)
+
+
+class Clock:
+    """Our wall clock, ``ahead`` seconds in the future (the listener's and its client's)."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.ahead)
+
+    def epoch(self) -> float:
+        return time.time() + self.ahead
+
+
+def talking_longer(seconds: float) -> Recording:
+    """a2 with everything after :data:`TALKING` ``seconds`` later: the talk lasts that longer."""
+    recording = Recording.load(stream(A2))
+    events: list[RecordedEvent] = []
+    for index, item in enumerate(recording.events):
+        stamp = item.message.get("Timestamp")
+        if index < TALKING or stamp is None or item.epoch is None:
+            events.append(item)
+            continue
+        message = item.message.with_headers({"Timestamp": f"{float(stamp) + seconds:.6f}"})
+        assert isinstance(message, type(item.message))
+        events.append(RecordedEvent(message, item.offset + seconds, item.epoch + seconds))
+    return dataclasses.replace(recording, events=tuple(events))
+
+
+class TestTakeover:
+    """A listener that takes over ends the calls that ended while nobody listened."""
+
+    #: Seconds of talk in the PBX's clock after the dead listener's last heartbeat.
+    LATER = 60.0
+    #: The dead listener's last heartbeat, seconds after the call was answered.
+    HEARTBEAT = 40.0
+
+    async def _heartbeat(self, env: Env, port: int) -> datetime | None:
+        async with env.sessions() as session:
+            return await AmiStatusRepository(session).heartbeat(
+                env.enterprise_id, f"127.0.0.1:{port}"
+            )
+
+    async def _wait_heartbeat(self, env: Env, port: int, at_least: datetime) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            while (heartbeat := await self._heartbeat(env, port)) is None or heartbeat < at_least:
+                await asyncio.sleep(0.02)
+
+    async def _talking(
+        self, env: Env, server: list[AmiReplayServer], clock: Clock, **kwargs: Any
+    ) -> tuple[AmiReplayServer, AmiListener, Call]:
+        replay = await start_server(
+            server, talking_longer(self.LATER), hold_at=0, pause_without_clients=False
+        )
+        options = {"wall_clock": clock.epoch, **kwargs.pop("client_options", {})}
+        first = env.start(replay.port, clock=clock.now, client_options=options, **kwargs)
+        async with asyncio.timeout(TIMEOUT):
+            await first.connected.wait()
+        replay.resume(hold_at=TALKING)
+        call = await env.wait_call("active", answered_by="101")
+        assert call.answered_at is not None
+        # Nothing in the store is later than the answer: the PBX is quiet while they talk.
+        await self._wait_heartbeat(env, replay.port, call.answered_at)
+        return replay, first, call
+
+    async def _take_over(
+        self, env: Env, replay: AmiReplayServer, first: AmiListener, clock: Clock
+    ) -> Call:
+        await env.stop(first)  # the holder dies mid-call
+        replay.resume()  # the call hangs up while nobody listens
+        async with asyncio.timeout(TIMEOUT):
+            await replay.finished.wait()
+        second = env.start(replay.port, clock=clock.now, client_options={"wall_clock": clock.epoch})
+        call = await env.wait_call("ended")
+        async with asyncio.timeout(TIMEOUT):
+            await second.connected.wait()
+        finishes = [j for j in await env.jobs() if j.payload["command"]["kind"] == "finish"]
+        assert len(finishes) == 1
+        return call
+
+    @pytest.mark.parametrize("same_pbx", [True, False], ids=["same-pbx", "another-pbx"])
+    async def test_a_call_ends_as_of_the_dead_listeners_last_heartbeat(
+        self, env: Env, server: list[AmiReplayServer], same_pbx: bool
+    ) -> None:
+        clock = Clock()
+        replay, first, answered = await self._talking(env, server, clock)
+        assert answered.answered_at is not None
+        clock.ahead = self.HEARTBEAT  # they talk for 40 s; the listener is still connected
+        await self._wait_heartbeat(
+            env, replay.port, answered.answered_at + timedelta(seconds=self.HEARTBEAT)
+        )
+        if not same_pbx:
+            # Heard while connected to another PBX (the enterprise moved): not this one's.
+            async with env.sessions() as session, session.begin():
+                row = (await AmiStatusRepository(session).by_enterprise())[env.enterprise_id]
+                row.heartbeat_pbx = "127.0.0.1:1"
+        call = await self._take_over(env, replay, first, clock)
+
+        assert call.answered_by == "101"
+        if same_pbx:
+            # Alive at the heartbeat, 40 s into the talk: not ended as of its answer.
+            assert self.HEARTBEAT <= call.talk_seconds <= self.HEARTBEAT + 2
+        else:
+            # As of its last stored event (the answer), as when nothing says it lived longer.
+            assert 0 <= call.talk_seconds <= 1
+        # Never later than it really ended (the PBX's clock at the takeover says when).
+        assert call.talk_seconds <= self.LATER + RECORDED_TALK
+
+    async def test_a_heartbeat_while_disconnected_is_not_trusted(
+        self, env: Env, server: list[AmiReplayServer]
+    ) -> None:
+        gate = asyncio.Event()
+
+        async def gated_sleep(_delay: float) -> None:
+            await gate.wait()
+
+        clock = Clock()
+        replay, first, answered = await self._talking(
+            env, server, clock, client_options={"sleep": gated_sleep}
+        )
+        replay.drop_connections()
+        await until(lambda: first.status.state is ListenerState.DISCONNECTED)
+        clock.ahead = self.HEARTBEAT  # 40 s later, still reporting, but hearing nothing
+        reported = len(env.statuses)
+        await until(lambda: len(env.statuses) >= reported + 3)
+        assert first.status.state is ListenerState.DISCONNECTED
+        assert first.status.heartbeat is None
+        heartbeat = await self._heartbeat(env, replay.port)
+        assert answered.answered_at is not None
+        assert heartbeat is not None
+        assert heartbeat < answered.answered_at + timedelta(seconds=1)
+
+        call = await self._take_over(env, replay, first, clock)
+        assert call.answered_by == "101"
+        assert 0 <= call.talk_seconds <= 1
+
+    async def test_never_after_now_in_the_pbx_clock(
+        self, env: Env, server: list[AmiReplayServer]
+    ) -> None:
+        clock = Clock()
+        replay, first, answered = await self._talking(env, server, clock)
+        assert answered.answered_at is not None
+        # A heartbeat from a listener whose clock ran ahead of the PBX's by an hour.
+        clock.ahead = 3600.0
+        await self._wait_heartbeat(
+            env, replay.port, answered.answered_at + timedelta(seconds=3600)
+        )
+        clock.ahead = 0.0
+        call = await self._take_over(env, replay, first, clock)
+        # Ended no later than the PBX's clock at the takeover: the recording's end.
+        assert self.LATER <= call.talk_seconds <= self.LATER + RECORDED_TALK + 1

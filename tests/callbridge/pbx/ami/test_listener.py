@@ -686,3 +686,54 @@ class TestTakeover:
         call = await self._take_over(env, replay, first, clock)
         # Ended no later than the PBX's clock at the takeover: the recording's end.
         assert self.LATER <= call.talk_seconds <= self.LATER + RECORDED_TALK + 1
+
+    async def test_a_heartbeat_waits_for_the_events_still_to_apply(
+        self, server: list[AmiReplayServer]
+    ) -> None:
+        recording = Recording.load(stream(A2))
+        answered = recording.events[33 - 1].message.timestamp  # CEL ANSWER of PJSIP/101
+        last = recording.events[-1].message.timestamp
+        assert answered is not None
+        assert last is not None
+        replay = await start_server(server, stream(A2), hold_at=0, pause_without_clients=False)
+        applying = asyncio.Event()
+        gate = asyncio.Event()
+        seen: list[str] = []
+
+        async def slow_store(facts: Sequence[CallFact]) -> None:
+            if any(f.name == "call.answered" for f in facts):
+                applying.set()
+                await gate.wait()
+            seen.extend(f.name for f in facts)
+
+        clock = Clock()
+        url = AmiUrl("127.0.0.1", replay.port, "crm", "crm-secret")
+        listener = AmiListener(
+            url,
+            slow_store,
+            clock=clock.now,
+            client_options={"ping_interval": None, "wall_clock": clock.epoch},
+        )
+        task = asyncio.create_task(listener.run())
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await listener.connected.wait()
+                replay.resume()
+                await applying.wait()
+            clock.ahead = 40.0
+            status = listener.status
+            assert status.state is ListenerState.CONNECTED
+            # The answer (and the hang-up behind it) is not stored yet: the call may have
+            # ended at any time since the listener last had nothing left to apply.
+            assert status.heartbeat is None or status.heartbeat.timestamp() < answered
+            gate.set()
+            await until(lambda: "call.ended" in seen)
+            await until(lambda: listener.status.heartbeat is not None)
+            # All stored, nothing waiting: now, in the PBX's clock (its events' since the clock
+            # jumped), past the last event it sent.
+            heartbeat = listener.status.heartbeat
+            assert heartbeat is not None
+            assert heartbeat.timestamp() >= last
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

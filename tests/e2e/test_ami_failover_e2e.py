@@ -14,7 +14,10 @@ recorded calls play in turn:
    standby;
 3. a call answered by 101: while they talk, the second holder is SIGKILLed and the call hangs up
    while nobody listens; the new standby takes over and ends it from the database's open calls
-   (the PBX has no channel of it left), as of the last event stored.
+   (the PBX has no channel of it left), as of the dead holder's last heartbeat: connected and
+   with every event stored then, it would have stored the hang-up. The recording is played
+   with its hang-up :data:`LATER` seconds later (the PBX's clock too), so that the PBX's "now"
+   at the takeover does not cap the end.
 
 The lock is session-level and dies with its connection: the kernel closes a killed process's
 sockets, its PostgreSQL backend reads EOF and exits, and the lock is free within milliseconds
@@ -44,7 +47,7 @@ from callbridge.storage.db import create_unpooled_engine
 from callbridge.storage.models import AmiStatus, Enterprise, Job, JobStatus
 from callbridge.storage.models import Call as CallRow
 from callbridge.worker.ami import AmiSupervisor
-from tests.callbridge.pbx.ami.conftest import stream
+from tests.callbridge.pbx.ami.conftest import delayed, stream
 from tests.conftest import Database
 from tests.e2e.processes import (
     ENTERPRISE,
@@ -82,6 +85,10 @@ RINGGROUP_TALKING = 80
 #: Events of TALKING_CALL played when its holder dies: 101 answered (DialEnd ANSWER is event 39)
 #: and is bridged (47, 49); the hang-up (BridgeLeave 71) is still to come.
 TALKING = 60
+#: Seconds the recording's talk of TALKING_CALL is stretched by after the kill (the PBX's clock).
+LATER = 30.0
+#: How often a listener reports its status, with its heartbeat: the worker's default.
+STATUS_INTERVAL: float = inspect.signature(AmiSupervisor).parameters["status_interval"].default
 #: How often a standby tries the lock: the worker runs AmiSupervisor with its default.
 LOCK_RETRY_INTERVAL: float = (
     inspect.signature(AmiSupervisor).parameters["lock_retry_interval"].default
@@ -192,6 +199,25 @@ class Observer:
 
         await self.until(f"worker {process.pid} is a standby", refused, TIMEOUT)
 
+    async def heartbeat(self) -> float | None:
+        """The listener's last heartbeat while connected, in the PBX's clock (epoch seconds)."""
+        async with self.engine.connect() as conn:
+            found = await conn.execute(
+                select(AmiStatus.heartbeat_at).where(AmiStatus.enterprise_id == self.enterprise_id)
+            )
+            at = found.scalar_one_or_none()
+        return None if at is None else at.timestamp()
+
+    async def answered_at(self, linkedid: str) -> float:
+        """When the call was answered, in the PBX's clock (epoch seconds)."""
+        async with self.engine.connect() as conn:
+            found = await conn.execute(
+                select(CallRow.answered_at).where(CallRow.linkedid == linkedid)
+            )
+            at = found.scalar_one()
+        assert at is not None
+        return float(at.timestamp())
+
     async def answered_by(self, linkedid: str) -> str | None:
         """Who answered the call, as the database has it (None: nobody yet, or no call)."""
         async with self.engine.connect() as conn:
@@ -234,9 +260,13 @@ async def test_the_standby_takes_over_a_killed_listener_and_every_call_ends_once
         pytest.skip("one listener per PBX across processes is PostgreSQL's advisory lock")
     began = time.monotonic()
     counts = [len(Recording.load(stream(name)).events) for name in STREAMS]
+    talking_call = delayed(TALKING_CALL, TALKING, LATER)
+    # As far as the holder of call 3 sees: talking, and quiet since.
+    talked = talking_call.events[TALKING - 1].message.timestamp
+    assert talked is not None
     # The PBX does not wait for anyone: what plays while no client is logged in is lost to us.
     replay = AmiReplayServer(
-        [stream(name) for name in STREAMS],
+        [stream(MISSED), stream(RINGGROUP), talking_call],
         speed=SPEED,
         gap=0,
         add_timestamps=True,
@@ -328,6 +358,15 @@ async def test_the_standby_takes_over_a_killed_listener_and_every_call_ends_once
             await see.standby(third)
 
             # -- the new holder dies, and the call ends while nobody listens -------------------
+            async def quiet_since_talking() -> bool:
+                # The holder reported, connected, a second of quiet after the talk so far.
+                heartbeat = await see.heartbeat()
+                return heartbeat is not None and heartbeat >= talked + 1
+
+            await see.until("a heartbeat after the talk", quiet_since_talking, TIMEOUT)
+            heartbeat = await see.heartbeat()
+            assert heartbeat is not None
+            read = time.monotonic()
             held = await see.lock_ports()
             killed = time.monotonic()
             await s.kill_worker(standby)
@@ -340,6 +379,8 @@ async def test_the_standby_takes_over_a_killed_listener_and_every_call_ends_once
             timings["takeover 2: logged in"] = time.monotonic() - killed
             await see.until("the last worker caught up", lambda: see.connected_by(third), TIMEOUT)
             timings["takeover 2: caught up"] = time.monotonic() - killed
+            # The PBX's clock when the last worker took over: the recording's end.
+            taken_over = replay.pbx_time()
             assert await see.listening() is third
 
             async def all_finished() -> bool:
@@ -368,11 +409,22 @@ async def test_the_standby_takes_over_a_killed_listener_and_every_call_ends_once
             assert calls[external_id(MISSED)]["DURATION"] == 0
             # Adopted live by the standby, which saw the hang-up: the recorded talk time.
             assert_duration(calls[external_id(RINGGROUP)], recorded(RINGGROUP).talk["102"])
-            # Its hang-up was never seen: it ends as of the last event the dead holder stored,
-            # its answer. The talk before the kill is not counted: nothing in the store says
-            # how long after its last stored event the call was still alive.
-            assert_duration(calls[external_id(TALKING_CALL)], 0.0)
-            assert recorded(TALKING_CALL).talk["101"] > 2
+            # Its hang-up was never seen: it ends as of the dead holder's last heartbeat, the
+            # one read before the kill or one written since (at most one status interval
+            # later than the holder's clock at the kill), never later than the takeover.
+            answered = await see.answered_at(recorded(TALKING_CALL).linkedid)
+            duration = int(calls[external_id(TALKING_CALL)]["DURATION"])
+            before_kill = heartbeat - answered + (killed - read)
+            talk_bounds = (
+                heartbeat - answered - 1,
+                min(before_kill + STATUS_INTERVAL, taken_over - answered) + 1,
+            )
+            assert talk_bounds[0] <= duration <= talk_bounds[1], (duration, talk_bounds, detail)
+            print(
+                f"\ncall 3: DURATION {duration} s, bounds {talk_bounds[0]:.1f}..{talk_bounds[1]:.1f} s"
+            )
+            # More than the talk the recording shows before the kill: not 0, as of its answer.
+            assert duration >= talked - answered > 2
 
             commands = [
                 (method, params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from callbridge.pbx.ami.client import AmiClient, Backoff
-from callbridge.pbx.ami.replay import AmiReplayServer
+from callbridge.pbx.ami.replay import AmiReplayServer, RecordedEvent, Recording
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "ami"
 STREAMS = sorted(FIXTURES.glob("*.ami"))
@@ -33,6 +34,25 @@ SERVED_EVENTS = {name: count - 4 for name, count in MESSAGES.items()}
 def stream(name: str) -> Path:
     """The path of a recorded stream by its scenario name."""
     return FIXTURES / f"{name}.ami"
+
+
+def delayed(name: str, after: int, seconds: float) -> Recording:
+    """A recorded stream whose events past the first ``after`` come ``seconds`` later.
+
+    In the PBX's clock too (their ``Timestamp`` headers): a call talking at that point talks
+    ``seconds`` longer, with nothing sent meanwhile.
+    """
+    recording = Recording.load(stream(name))
+    events: list[RecordedEvent] = []
+    for index, item in enumerate(recording.events):
+        stamp = item.message.get("Timestamp")
+        if index < after or stamp is None or item.epoch is None:
+            events.append(item)
+            continue
+        message = item.message.with_headers({"Timestamp": f"{float(stamp) + seconds:.6f}"})
+        assert isinstance(message, type(item.message))
+        events.append(RecordedEvent(message, item.offset + seconds, item.epoch + seconds))
+    return dataclasses.replace(recording, events=tuple(events))
 
 
 class RecordingSleep:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import socket
 import time
 import uuid
@@ -30,7 +29,7 @@ from callbridge.pbx.ami.listener import (
     OpenCalls,
     translator_config,
 )
-from callbridge.pbx.ami.replay import AmiReplayServer, RecordedEvent, Recording
+from callbridge.pbx.ami.replay import AmiReplayServer, Recording
 from callbridge.services.call_tracking import track_events
 from callbridge.storage.ami import AmiStatusRepository
 from callbridge.storage.call_tracking import call_tracking_ports
@@ -44,7 +43,7 @@ from callbridge.storage.models import (
     Job,
     PbxEvent,
 )
-from tests.callbridge.pbx.ami.conftest import stream
+from tests.callbridge.pbx.ami.conftest import delayed, stream
 
 TIMEOUT = 15
 BOX = SecretBox([Fernet.generate_key()])
@@ -549,21 +548,6 @@ class Clock:
         return time.time() + self.ahead
 
 
-def talking_longer(seconds: float) -> Recording:
-    """a2 with everything after :data:`TALKING` ``seconds`` later: the talk lasts that longer."""
-    recording = Recording.load(stream(A2))
-    events: list[RecordedEvent] = []
-    for index, item in enumerate(recording.events):
-        stamp = item.message.get("Timestamp")
-        if index < TALKING or stamp is None or item.epoch is None:
-            events.append(item)
-            continue
-        message = item.message.with_headers({"Timestamp": f"{float(stamp) + seconds:.6f}"})
-        assert isinstance(message, type(item.message))
-        events.append(RecordedEvent(message, item.offset + seconds, item.epoch + seconds))
-    return dataclasses.replace(recording, events=tuple(events))
-
-
 class TestTakeover:
     """A listener that takes over ends the calls that ended while nobody listened."""
 
@@ -587,7 +571,7 @@ class TestTakeover:
         self, env: Env, server: list[AmiReplayServer], clock: Clock, **kwargs: Any
     ) -> tuple[AmiReplayServer, AmiListener, Call]:
         replay = await start_server(
-            server, talking_longer(self.LATER), hold_at=0, pause_without_clients=False
+            server, delayed(A2, TALKING, self.LATER), hold_at=0, pause_without_clients=False
         )
         options = {"wall_clock": clock.epoch, **kwargs.pop("client_options", {})}
         first = env.start(replay.port, clock=clock.now, client_options=options, **kwargs)
@@ -679,9 +663,7 @@ class TestTakeover:
         assert answered.answered_at is not None
         # A heartbeat from a listener whose clock ran ahead of the PBX's by an hour.
         clock.ahead = 3600.0
-        await self._wait_heartbeat(
-            env, replay.port, answered.answered_at + timedelta(seconds=3600)
-        )
+        await self._wait_heartbeat(env, replay.port, answered.answered_at + timedelta(seconds=3600))
         clock.ahead = 0.0
         call = await self._take_over(env, replay, first, clock)
         # Ended no later than the PBX's clock at the takeover: the recording's end.

@@ -29,9 +29,7 @@ def _update(state: str, heartbeat: datetime | None, pbx: str = PBX) -> StatusUpd
 
 
 class TestHeartbeat:
-    async def test_kept_through_reports_that_are_not_connected(
-        self, session: AsyncSession
-    ) -> None:
+    async def test_kept_through_reports_that_are_not_connected(self, session: AsyncSession) -> None:
         enterprise = await EnterpriseRepository(session).add(Enterprise(number="200"))
         statuses = AmiStatusRepository(session)
         assert await statuses.heartbeat(enterprise.id, PBX) is None

@@ -420,9 +420,8 @@ async def test_the_standby_takes_over_a_killed_listener_and_every_call_ends_once
                 min(before_kill + STATUS_INTERVAL, taken_over - answered) + 1,
             )
             assert talk_bounds[0] <= duration <= talk_bounds[1], (duration, talk_bounds, detail)
-            print(
-                f"\ncall 3: DURATION {duration} s, bounds {talk_bounds[0]:.1f}..{talk_bounds[1]:.1f} s"
-            )
+            low, high = talk_bounds
+            print(f"\ncall 3: DURATION {duration} s, bounds {low:.1f}..{high:.1f} s")
             # More than the talk the recording shows before the kill: not 0, as of its answer.
             assert duration >= talked - answered > 2
 

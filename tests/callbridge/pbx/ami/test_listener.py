@@ -564,7 +564,10 @@ class TestTakeover:
 
     async def _wait_heartbeat(self, env: Env, port: int, at_least: datetime) -> None:
         async with asyncio.timeout(TIMEOUT):
-            while (heartbeat := await self._heartbeat(env, port)) is None or heartbeat < at_least:
+            while True:
+                heartbeat = await self._heartbeat(env, port)
+                if heartbeat is not None and heartbeat >= at_least:
+                    return
                 await asyncio.sleep(0.02)
 
     async def _talking(

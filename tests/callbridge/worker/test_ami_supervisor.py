@@ -14,16 +14,19 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from callbridge.pbx.ami.client import Backoff
-from callbridge.pbx.ami.replay import AmiReplayServer
+from callbridge.pbx.ami.replay import AmiReplayServer, Recording
 from callbridge.storage.ami import ADVISORY_LOCK_CLASS, AmiStatusRepository
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.models import AmiStatus, Call, Enterprise
 from callbridge.worker.ami import AmiSupervisor
-from tests.callbridge.pbx.ami.conftest import stream
+from tests.callbridge.pbx.ami.conftest import delayed, stream
 from tests.conftest import Database
 
 TIMEOUT = 15
+A2 = "a2_inbound_answered_timestamps"
+#: a2 played up to here: the call is answered and talking.
+TALKING = 40
 BOX = SecretBox([Fernet.generate_key()])
 FAST: dict[str, Any] = {
     "ping_interval": None,
@@ -100,11 +103,11 @@ class Cluster:
         self.processes.append(process)
         return process
 
-    async def server(self, **kwargs: Any) -> AmiReplayServer:
+    async def server(self, recording: Recording | None = None, **kwargs: Any) -> AmiReplayServer:
         kwargs.setdefault("speed", 0)
         kwargs.setdefault("gap", 0)
         kwargs.setdefault("add_timestamps", True)
-        replay = AmiReplayServer([stream("a2_inbound_answered_timestamps")], **kwargs)
+        replay = AmiReplayServer([recording or stream(A2)], **kwargs)
         await replay.start("127.0.0.1", 0)
         self.servers.append(replay)
         return replay
@@ -202,6 +205,47 @@ class TestSupervisor:
         status = await cluster.status(enterprise_id)
         assert status is not None
         assert status.state == "stopped"
+
+    async def test_a_restarted_worker_ends_a_call_as_of_the_last_heartbeat(
+        self, cluster: Cluster
+    ) -> None:
+        # The call talks a minute longer than recorded: the PBX's clock does not cap its end.
+        replay = await cluster.server(
+            delayed(A2, TALKING, 60.0), hold_at=0, pause_without_clients=False
+        )
+        enterprise_id = await cluster.add_enterprise(ami_url(replay))
+        first = cluster.start("a")
+        await until(lambda: enterprise_id in first.supervisor.listeners)
+        async with asyncio.timeout(TIMEOUT):
+            await first.supervisor.listeners[enterprise_id].connected.wait()
+        replay.resume(hold_at=TALKING)
+        calls: list[Call] = []
+
+        async def in_state(state: str) -> bool:
+            calls[:] = await cluster.calls()
+            return bool(calls) and calls[0].state == state and calls[0].answered_by == "101"
+
+        await until_async(lambda: in_state("active"))
+        answered_at = calls[0].answered_at
+        assert answered_at is not None
+
+        async def talked_two_seconds() -> bool:
+            status = await cluster.status(enterprise_id)
+            return (
+                status is not None
+                and status.heartbeat_at is not None
+                and (status.heartbeat_at - answered_at).total_seconds() >= 2
+            )
+
+        await until_async(talked_two_seconds)
+        await first.stop()  # the worker dies mid-call
+        replay.resume()  # the call hangs up while nobody listens
+        async with asyncio.timeout(TIMEOUT):
+            await replay.finished.wait()
+        cluster.start("b")
+        await until_async(lambda: in_state("ended"))
+        # Alive at the dead worker's last heartbeat: not ended as of its answer.
+        assert 2 <= calls[0].talk_seconds < 60
 
     async def test_a_bad_url_is_reported_not_fatal(self, cluster: Cluster) -> None:
         enterprise_id = await cluster.add_enterprise("http://not-ami")

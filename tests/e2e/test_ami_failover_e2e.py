@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -368,13 +369,18 @@ async def test_the_standby_takes_over_a_killed_listener_and_every_call_ends_once
             assert heartbeat is not None
             read = time.monotonic()
             held = await see.lock_ports()
+            # Frozen first, killed once the PBX has sent the hang-up: the frozen holder keeps
+            # the lock, so the last worker cannot log in in time to see the hang-up live, and
+            # it never reads the bytes the kernel buffers for it.
+            frozen = time.monotonic()
+            standby.send_signal(signal.SIGSTOP)
+            replay.resume()
+            async with asyncio.timeout(TIMEOUT):
+                await replay.finished.wait()
             killed = time.monotonic()
             await s.kill_worker(standby)
             await see.until("the lock is freed", lambda: see.lock_moved(held), TIMEOUT)
             timings["takeover 2: lock freed"] = time.monotonic() - killed
-            replay.resume()
-            async with asyncio.timeout(TIMEOUT):
-                await replay.finished.wait()
             await see.until("the last worker logs in", lambda: _true(replay.logins == 3), TIMEOUT)
             timings["takeover 2: logged in"] = time.monotonic() - killed
             await see.until("the last worker caught up", lambda: see.connected_by(third), TIMEOUT)
@@ -414,7 +420,7 @@ async def test_the_standby_takes_over_a_killed_listener_and_every_call_ends_once
             # later than the holder's clock at the kill), never later than the takeover.
             answered = await see.answered_at(recorded(TALKING_CALL).linkedid)
             duration = int(calls[external_id(TALKING_CALL)]["DURATION"])
-            before_kill = heartbeat - answered + (killed - read)
+            before_kill = heartbeat - answered + (frozen - read)
             talk_bounds = (
                 heartbeat - answered - 1,
                 min(before_kill + STATUS_INTERVAL, taken_over - answered) + 1,

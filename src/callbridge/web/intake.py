@@ -30,13 +30,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from callbridge.domain.errors import CallbridgeError, StorageError
 from callbridge.domain.events import Event
+from callbridge.domain.ports import CallRouting
 from callbridge.services.call_tracking import EventGroup, Outcome, track_event_groups
-from callbridge.storage.call_tracking import RoutingCache, call_tracking_ports
+from callbridge.storage.call_tracking import RoutingCache, SqlRoutingSource, call_tracking_ports
 from callbridge.storage.crypto import SecretBox
+from callbridge.storage.intake_sql import PreloadedRouting, intake_transaction
 from callbridge.storage.repositories import EnterpriseRepository
 
 __all__ = ["Credential", "CredentialCache", "CredentialsChangedError", "IntakeWriter"]
@@ -197,6 +199,53 @@ class IntakeWriter:
         self, group: list[_Request]
     ) -> list[list[Outcome] | CredentialsChangedError]:
         """Apply the group and commit; each request's outcomes (or why it was refused)."""
+        engine = self.session_factory.kw.get("bind")
+        if not isinstance(engine, AsyncEngine):
+            return await self._session_transaction(group)
+        routing = PreloadedRouting(await self._routings({r.enterprise_id for r in group}))
+        async with intake_transaction(engine) as transaction:
+            current = await transaction.active_webhook_secrets(
+                {request.enterprise_id for request in group}
+            )
+            valid = [current.get(r.enterprise_id) == r.secret_enc for r in group]
+            applied = iter(
+                await track_event_groups(
+                    transaction.ports(routing),
+                    [
+                        EventGroup(request.enterprise_id, request.events)
+                        for request, ok in zip(group, valid, strict=True)
+                        if ok
+                    ],
+                )
+            )
+        self.commits += 1
+        self.committed_requests += len(group)
+        return [next(applied) if ok else CredentialsChangedError() for ok in valid]
+
+    async def _routings(self, enterprise_ids: set[int]) -> dict[int, CallRouting]:
+        """Each enterprise's routing: cached, or read before the write transaction begins."""
+        routings: dict[int, CallRouting] = {}
+        missing = set()
+        for enterprise_id in enterprise_ids:
+            cached = self.routing_cache.get(enterprise_id)
+            if cached is None:
+                missing.add(enterprise_id)
+            else:
+                routings[enterprise_id] = cached
+        if missing:
+            try:
+                async with self.session_factory() as session:
+                    source = SqlRoutingSource(session, self.box, self.routing_cache)
+                    for enterprise_id in missing:
+                        routings[enterprise_id] = await source.for_enterprise(enterprise_id)
+            except (OperationalError, InterfaceError, OSError) as err:
+                raise StorageError("the database is unavailable; try again later") from err
+        return routings
+
+    async def _session_transaction(
+        self, group: list[_Request]
+    ) -> list[list[Outcome] | CredentialsChangedError]:
+        """:meth:`_transaction` through an ORM session (a factory bound to no engine)."""
         try:
             async with self.session_factory() as session, session.begin():
                 current = await EnterpriseRepository(session).active_webhook_secrets(

@@ -35,7 +35,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callbridge.domain.call import Call
 from callbridge.domain.errors import JobNotFoundError, StorageError
@@ -223,12 +223,24 @@ def _job_row(job: NewJob, cancelled: bool) -> tuple[str, str | None, str | None]
 # -- SQLite ------------------------------------------------------------------------------------
 
 
+_SQLITE_TIMES: dict[datetime, str] = {}
+
+
 def _sqlite_time(value: datetime | None) -> str | None:
     # SQLAlchemy's storage format for DateTime on SQLite (naive UTC, always with microseconds):
-    # the claim queries compare these strings, so the format must be exactly the same.
+    # the claim queries compare these strings, so the format must be exactly the same. A call's
+    # times are written again with every event: remembered (a few thousand at most).
     if value is None:
         return None
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    text = _SQLITE_TIMES.get(value)
+    if text is None:
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware value")
+        text = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        if len(_SQLITE_TIMES) >= 4096:
+            _SQLITE_TIMES.clear()
+        _SQLITE_TIMES[value] = text
+    return text
 
 
 def _placeholders(columns: int, rows: int) -> str:
@@ -463,8 +475,8 @@ WHERE calls.id = t.id
 # Rows are inserted in the parameters' order (ORDER BY n), so their ids ascend in it.
 _PG_INSERT_JOBS = f"""
 INSERT INTO jobs ({_JOB_COLUMNS})
-SELECT k, p::jsonb, s, o, d, $9::timestamptz, {DEFAULT_MAX_ATTEMPTS}, i, c, 0, $9::timestamptz, $9::timestamptz,
-       CASE WHEN s = '{_CANCELLED}' THEN $9::timestamptz END, err
+SELECT k, p::jsonb, s, o, d, $9::timestamptz, {DEFAULT_MAX_ATTEMPTS}, i, c, 0,
+       $9::timestamptz, $9::timestamptz, CASE WHEN s = '{_CANCELLED}' THEN $9::timestamptz END, err
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
             $7::bigint[], $8::text[]) WITH ORDINALITY AS t(k, p, s, o, d, i, c, err, n)
 ORDER BY n
@@ -566,10 +578,8 @@ async def intake_transaction(engine: AsyncEngine) -> AsyncIterator[IntakeTransac
                     await driver.execute("BEGIN")
                     transaction = _PostgresTransaction(driver)
                 else:
-                    # BEGIN IMMEDIATE (db.py's "begin" listener) and COMMIT run on the
-                    # driver's thread; the statements between them on this one.
-                    await connection.begin()
-                    transaction = _SqliteTransaction(driver._conn)
+                    await driver.begin_immediate()
+                    transaction = _SqliteTransaction(driver.sqlite)
             except _UNAVAILABLE:
                 await connection.invalidate()
                 raise
@@ -581,9 +591,10 @@ async def intake_transaction(engine: AsyncEngine) -> AsyncIterator[IntakeTransac
                         f"NOTIFY {NOTIFY_CHANNEL}; COMMIT" if transaction.jobs_queued else "COMMIT"
                     )
                 else:
-                    await connection.commit()
+                    # On the driver's thread: a commit may checkpoint the WAL, and fsync.
+                    await driver.commit()
             except BaseException as err:
-                if isinstance(err, _UNAVAILABLE) or not await _rolled_back(connection, driver):
+                if isinstance(err, _UNAVAILABLE) or not await _rolled_back(driver):
                     # Broken mid-transaction, or in an unknown state: never hand it out again.
                     await connection.invalidate()
                 raise
@@ -591,13 +602,13 @@ async def intake_transaction(engine: AsyncEngine) -> AsyncIterator[IntakeTransac
         raise StorageError("the database is unavailable; try again later") from err
 
 
-async def _rolled_back(connection: AsyncConnection, driver: Any) -> bool:
+async def _rolled_back(driver: Any) -> bool:
     try:
         if isinstance(driver, asyncpg.Connection):
             if not driver.is_closed() and driver.is_in_transaction():
                 await driver.execute("ROLLBACK")
         else:
-            await connection.rollback()
+            await driver.rollback()
     except Exception:  # noqa: BLE001 - the caller discards the connection
         return False
     return True

@@ -29,13 +29,14 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from callbridge.domain.call import Call
 from callbridge.domain.errors import JobNotFoundError, StorageError
@@ -47,7 +48,7 @@ from callbridge.storage.models import JobStatus
 from callbridge.storage.repositories.calls import summary_of
 from callbridge.storage.types import utcnow
 
-__all__ = ["IntakeTransaction", "PreloadedRouting", "intake_transaction"]
+__all__ = ["IntakeStore", "IntakeTransaction", "PreloadedRouting"]
 
 _QUEUED = JobStatus.QUEUED.value
 _CANCELLED = JobStatus.CANCELLED.value
@@ -557,49 +558,105 @@ class _PostgresTransaction(IntakeTransaction):
 # -- the transaction ---------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def intake_transaction(engine: AsyncEngine) -> AsyncIterator[IntakeTransaction]:
-    """A write transaction on a pooled connection, committed when the block ends without error.
+class IntakeStore:
+    """The intake's write transactions on one engine.
 
-    Rolled back on an error. A database or connection that fails raises
-    :class:`~callbridge.domain.errors.StorageError`, and the connection is discarded; anything
-    else propagates as raised.
+    On PostgreSQL the connection is kept between transactions that follow each other within
+    ``keep_seconds``: the pool's pre-ping costs three round trips a checkout, more than a
+    group's statements. It goes back to the pool when it has been idle that long (at the next
+    transaction, or :meth:`release_if_idle`), on :meth:`release`, and at the first error. A
+    connection idle for less than ``keep_seconds`` is as good as a pinged one. SQLite's one
+    pooled connection goes back after every transaction: other sessions of the process wait
+    for it.
     """
-    postgres = engine.dialect.name == "postgresql"
-    try:
-        async with engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            driver: Any = raw.driver_connection
-            transaction: IntakeTransaction
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        keep_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.keep_seconds = keep_seconds
+        self._clock = clock
+        self._postgres = engine.dialect.name == "postgresql"
+        self._held: AsyncConnection | None = None
+        self._last_used = 0.0
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[IntakeTransaction]:
+        """A write transaction, committed when the block ends without error; else rolled back.
+
+        A database or connection that fails raises
+        :class:`~callbridge.domain.errors.StorageError`, and the connection is discarded;
+        anything else propagates as raised.
+        """
+        try:
+            connection = await self._connection()
+            keep = False
             try:
-                if postgres:
-                    # SQLAlchemy's asyncpg adapter begins on its own first statement, and
-                    # none runs through it: this is the connection's only transaction.
-                    await driver.execute("BEGIN")
-                    transaction = _PostgresTransaction(driver)
+                async with self._begun(connection) as transaction:
+                    yield transaction
+                keep = self._postgres
+            finally:
+                if keep:
+                    self._held, self._last_used = connection, self._clock()
                 else:
-                    await driver.begin_immediate()
-                    transaction = _SqliteTransaction(driver.sqlite)
-            except _UNAVAILABLE:
+                    await connection.close()
+        except _UNAVAILABLE as err:
+            raise StorageError("the database is unavailable; try again later") from err
+
+    async def release(self) -> None:
+        """Give the kept connection back to the pool."""
+        held, self._held = self._held, None
+        if held is not None:
+            await held.close()
+
+    async def release_if_idle(self) -> None:
+        """Give the kept connection back if it has been idle for ``keep_seconds``."""
+        if self._held is not None and self._clock() - self._last_used >= self.keep_seconds:
+            await self.release()
+
+    async def _connection(self) -> AsyncConnection:
+        await self.release_if_idle()
+        held, self._held = self._held, None
+        if held is not None:
+            return held
+        return await self.engine.connect().start()
+
+    @contextlib.asynccontextmanager
+    async def _begun(self, connection: AsyncConnection) -> AsyncIterator[IntakeTransaction]:
+        raw = await connection.get_raw_connection()
+        driver: Any = raw.driver_connection
+        transaction: IntakeTransaction
+        try:
+            if self._postgres:
+                # SQLAlchemy's asyncpg adapter begins on its own first statement, and none
+                # runs through it: this is the connection's only transaction.
+                await driver.execute("BEGIN")
+                transaction = _PostgresTransaction(driver)
+            else:
+                await driver.begin_immediate()
+                transaction = _SqliteTransaction(driver.sqlite)
+        except _UNAVAILABLE:
+            await connection.invalidate()
+            raise
+        try:
+            yield transaction
+            if self._postgres:
+                # The NOTIFY goes with the COMMIT: one round trip, delivered on commit.
+                await driver.execute(
+                    f"NOTIFY {NOTIFY_CHANNEL}; COMMIT" if transaction.jobs_queued else "COMMIT"
+                )
+            else:
+                # On the driver's thread: a commit may checkpoint the WAL, and fsync.
+                await driver.commit()
+        except BaseException as err:
+            if isinstance(err, _UNAVAILABLE) or not await _rolled_back(driver):
+                # Broken mid-transaction, or in an unknown state: never hand it out again.
                 await connection.invalidate()
-                raise
-            try:
-                yield transaction
-                if postgres:
-                    # The NOTIFY goes with the COMMIT: one round trip, delivered on commit.
-                    await driver.execute(
-                        f"NOTIFY {NOTIFY_CHANNEL}; COMMIT" if transaction.jobs_queued else "COMMIT"
-                    )
-                else:
-                    # On the driver's thread: a commit may checkpoint the WAL, and fsync.
-                    await driver.commit()
-            except BaseException as err:
-                if isinstance(err, _UNAVAILABLE) or not await _rolled_back(driver):
-                    # Broken mid-transaction, or in an unknown state: never hand it out again.
-                    await connection.invalidate()
-                raise
-    except _UNAVAILABLE as err:
-        raise StorageError("the database is unavailable; try again later") from err
+            raise
 
 
 async def _rolled_back(driver: Any) -> bool:

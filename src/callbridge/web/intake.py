@@ -38,7 +38,7 @@ from callbridge.domain.ports import CallRouting
 from callbridge.services.call_tracking import EventGroup, Outcome, track_event_groups
 from callbridge.storage.call_tracking import RoutingCache, SqlRoutingSource, call_tracking_ports
 from callbridge.storage.crypto import SecretBox
-from callbridge.storage.intake_sql import PreloadedRouting, intake_transaction
+from callbridge.storage.intake_sql import IntakeStore, PreloadedRouting
 from callbridge.storage.repositories import EnterpriseRepository
 
 __all__ = ["Credential", "CredentialCache", "CredentialsChangedError", "IntakeWriter"]
@@ -112,6 +112,9 @@ class IntakeWriter:
     committed_requests: int = field(default=0, init=False)
     _waiting: deque[_Request] = field(default_factory=deque, init=False, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _store: IntakeStore | None = field(default=None, init=False, repr=False)
+    _idle: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
+    _releasing: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     async def submit(
         self, enterprise_id: int, secret_enc: str, events: Sequence[Event]
@@ -132,6 +135,10 @@ class IntakeWriter:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._store is not None:
+            await self._store.release()
 
     async def _run(self) -> None:
         group: list[_Request] = []
@@ -140,6 +147,12 @@ class IntakeWriter:
                 group = self._next_group()
                 if group:
                     await self._apply_safely(group)
+            if self._store is not None:
+                # The store keeps its connection for the next requests a while: give it back
+                # once that while has passed without them.
+                self._idle = asyncio.get_running_loop().call_later(
+                    self._store.keep_seconds, self._release_idle
+                )
         except asyncio.CancelledError:
             # Cancelled mid-transaction (the process is stopping): the transaction is rolled
             # back, so nobody waiting may be left hanging, nor told it was accepted.
@@ -199,11 +212,11 @@ class IntakeWriter:
         self, group: list[_Request]
     ) -> list[list[Outcome] | CredentialsChangedError]:
         """Apply the group and commit; each request's outcomes (or why it was refused)."""
-        engine = self.session_factory.kw.get("bind")
-        if not isinstance(engine, AsyncEngine):
+        store = self._intake_store()
+        if store is None:
             return await self._session_transaction(group)
         routing = PreloadedRouting(await self._routings({r.enterprise_id for r in group}))
-        async with intake_transaction(engine) as transaction:
+        async with store.transaction() as transaction:
             current = await transaction.active_webhook_secrets(
                 {request.enterprise_id for request in group}
             )
@@ -221,6 +234,19 @@ class IntakeWriter:
         self.commits += 1
         self.committed_requests += len(group)
         return [next(applied) if ok else CredentialsChangedError() for ok in valid]
+
+    def _release_idle(self) -> None:
+        if self._store is not None:
+            task = asyncio.create_task(self._store.release_if_idle())
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    def _intake_store(self) -> IntakeStore | None:
+        if self._store is None:
+            engine = self.session_factory.kw.get("bind")
+            if isinstance(engine, AsyncEngine):
+                self._store = IntakeStore(engine)
+        return self._store
 
     async def _routings(self, enterprise_ids: set[int]) -> dict[int, CallRouting]:
         """Each enterprise's routing: cached, or read before the write transaction begins."""

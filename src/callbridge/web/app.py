@@ -127,6 +127,7 @@ def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = Non
         openapi_url="/openapi.json",
     )
     install_error_handlers(app)
+    app.add_middleware(pbx.WebhookFastPath)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(pbx.router)

@@ -226,7 +226,8 @@ class OneHopConnection(aiosqlite.Connection):
             conn.execute("BEGIN IMMEDIATE").close()
             return
         except sqlite3.OperationalError as err:
-            if err.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            # The primary code: busy covers its extended codes (recovery, snapshot, timeout).
+            if err.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                 raise
         finally:
             conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").close()

@@ -27,7 +27,6 @@ transaction that queued jobs.
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
@@ -35,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+import orjson
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -51,6 +51,16 @@ from callbridge.storage.types import utcnow
 __all__ = ["IntakeStore", "IntakeTransaction", "PreloadedRouting"]
 
 _QUEUED = JobStatus.QUEUED.value
+# JSON columns hold the same documents as SQLAlchemy writes, in orjson's compact form:
+# json.dumps and json.loads were a fifth of the intake's CPU.
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, option=_JSON_OPTIONS).decode()
+
+
+_loads = orjson.loads
 _CANCELLED = JobStatus.CANCELLED.value
 # SQLite allows 32,766 parameters per statement: rows per multi-row INSERT stay well below.
 _SQLITE_ROWS_PER_STATEMENT = 500
@@ -331,7 +341,7 @@ class _SqliteTransaction(IntakeTransaction):
                     event.event_id,
                     event.call_id,
                     event.name,
-                    json.dumps(event_to_dict(event)),
+                    _dumps(event_to_dict(event)),
                     _sqlite_time(event.timestamp),
                     stamp,
                     stamp,
@@ -366,7 +376,7 @@ class _SqliteTransaction(IntakeTransaction):
                 " RETURNING id, enterprise_id, linkedid, model",
                 params,
             )
-            result += [(r, e, k, json.loads(m) if m else None) for r, e, k, m in rows]
+            result += [(r, e, k, _loads(m) if m else None) for r, e, k, m in rows]
         return result
 
     async def _update_calls(
@@ -379,7 +389,7 @@ class _SqliteTransaction(IntakeTransaction):
             for name in _SUMMARY_COLUMNS:
                 value = summary[name]
                 if name in _JSON_SUMMARY:
-                    value = json.dumps(value)
+                    value = _dumps(value)
                 elif name in _TIME_SUMMARY:
                     value = _sqlite_time(value)
                 values.append(value)
@@ -406,7 +416,7 @@ class _SqliteTransaction(IntakeTransaction):
                 status, finished, last_error = _job_row(job, dead)
                 params += (
                     job.kind,
-                    json.dumps(dict(job.payload)),
+                    _dumps(dict(job.payload)),
                     status,
                     job.ordering_key,
                     job.depends_on,
@@ -507,7 +517,7 @@ class _PostgresTransaction(IntakeTransaction):
             columns[2].append(event.event_id)
             columns[3].append(event.call_id)
             columns[4].append(event.name)
-            columns[5].append(json.dumps(event_to_dict(event)))
+            columns[5].append(_dumps(event_to_dict(event)))
             columns[6].append(event.timestamp)
         rows = await self._db.fetch(_PG_INSERT_EVENTS, *columns[:6], now, columns[6])
         return {(row[0], row[1], row[2]) for row in rows}
@@ -528,7 +538,7 @@ class _PostgresTransaction(IntakeTransaction):
             columns[0].append(row_id)
             for index, name in enumerate(_SUMMARY_COLUMNS, start=1):
                 value = summary[name]
-                columns[index].append(json.dumps(value) if name in _JSON_SUMMARY else value)
+                columns[index].append(_dumps(value) if name in _JSON_SUMMARY else value)
         await self._db.execute(_PG_UPDATE_CALLS, *columns, now)
 
     async def _job_statuses(self, ids: Collection[int]) -> dict[int, str]:
@@ -544,7 +554,7 @@ class _PostgresTransaction(IntakeTransaction):
         for job, dead in zip(jobs, cancelled, strict=True):
             status, _, last_error = _job_row(job, dead)
             columns[0].append(job.kind)
-            columns[1].append(json.dumps(dict(job.payload)))
+            columns[1].append(_dumps(dict(job.payload)))
             columns[2].append(status)
             columns[3].append(job.ordering_key)
             columns[4].append(job.depends_on)

@@ -48,7 +48,7 @@ from callbridge.storage.models import JobStatus
 from callbridge.storage.repositories.calls import summary_of
 from callbridge.storage.types import utcnow
 
-__all__ = ["IntakeStore", "IntakeTransaction", "PreloadedRouting"]
+__all__ = ["CallCache", "IntakeStore", "IntakeTransaction", "PreloadedRouting"]
 
 _QUEUED = JobStatus.QUEUED.value
 # JSON columns hold the same documents as SQLAlchemy writes, in orjson's compact form:
@@ -87,6 +87,41 @@ class PreloadedRouting:
         return self._routings[enterprise_id]
 
 
+#: A call's model before its first event (what creating the row writes).
+_EMPTY_MODEL = "{}"
+
+
+class CallCache:
+    """Calls as the intake last committed them, decoded, with their models as stored.
+
+    Decoding a call's model is a good part of applying an event to it, and the intake applies
+    a call's events one after the other. A call is taken from here only when the model its
+    locked row holds now is, text for text, the one remembered with it: a call that anything
+    else wrote since (the AMI listener, the dispatcher's write-back, another process) is
+    decoded afresh, and a transaction that fails put nothing back (a call is taken out when it
+    is locked, and remembered again only once its transaction has committed).
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._calls: dict[CallKey, tuple[str, Call]] = {}
+
+    def take(self, key: CallKey, stored: str) -> Call | None:
+        """The call remembered for ``key``, if its model is ``stored``; forgotten either way."""
+        entry = self._calls.pop(key, None)
+        if entry is None or entry[0] != stored:
+            return None
+        return entry[1]
+
+    def put(self, key: CallKey, stored: str, call: Call) -> None:
+        """Remember a committed call and its model as stored."""
+        self._calls.pop(key, None)
+        if len(self._calls) >= self.size:
+            # The oldest first: dicts keep insertion order.
+            del self._calls[next(iter(self._calls))]
+        self._calls[key] = (stored, call)
+
+
 class IntakeTransaction:
     """One write transaction of the intake: the ports of call tracking, and the secrets check.
 
@@ -99,9 +134,13 @@ class IntakeTransaction:
     #: Jobs queued by this transaction (their status is known without asking the database).
     _queued: set[int]
 
-    def __init__(self) -> None:
+    def __init__(self, calls: CallCache | None = None) -> None:
         self._queued = set()
         self.jobs_queued = False
+        self._cache = calls if calls is not None else CallCache()
+        # Each locked call by row id: its key, and its model as stored (the text) now.
+        self._locked: dict[int, tuple[CallKey, str]] = {}
+        self._handed_out: dict[int, Call] = {}
 
     def ports(self, routing: PreloadedRouting) -> CallTrackingPorts:
         """Call tracking's ports on this transaction."""
@@ -151,28 +190,49 @@ class IntakeTransaction:
         """Each call's row id and stored call, locked (in ``keys`` order) until commit."""
         if not keys:
             return {}
-        rows = await self._lock_calls(list(dict.fromkeys(keys)), utcnow())
-        return {
-            (enterprise_id, linkedid): (row_id, Call.from_dict(model) if model else None)
-            for row_id, enterprise_id, linkedid, model in rows
-        }
+        found: dict[CallKey, tuple[int, Call | None]] = {}
+        for row_id, enterprise_id, linkedid, text in await self._lock_calls(
+            list(dict.fromkeys(keys)), utcnow()
+        ):
+            key = (enterprise_id, linkedid)
+            call = self._cache.take(key, text)
+            if call is None and text != _EMPTY_MODEL:
+                call = Call.from_dict(_loads(text))
+            if call is not None:
+                self._handed_out[row_id] = call
+            self._locked[row_id] = (key, text)
+            found[key] = (row_id, call)
+        return found
 
     async def _lock_calls(
         self, keys: Sequence[CallKey], now: datetime
-    ) -> Iterable[tuple[int, int, str, Mapping[str, Any] | None]]:
+    ) -> Iterable[tuple[int, int, str, str]]:
+        """Lock (or create) the rows: (row id, enterprise id, linkedid, model as stored)."""
         raise NotImplementedError
 
     async def save_many(self, calls: Sequence[tuple[int, Call]]) -> None:
         """Write calls (row id, call) and their summary columns in one statement."""
-        if calls:
-            await self._update_calls(
-                [(row_id, summary_of(call)) for row_id, call in calls], utcnow()
-            )
+        if not calls:
+            return
+        stored = await self._update_calls(
+            [(row_id, summary_of(call)) for row_id, call in calls], utcnow()
+        )
+        for row_id, call in calls:
+            if row_id in self._locked and row_id in stored:
+                self._locked[row_id] = (self._locked[row_id][0], stored[row_id])
+                self._handed_out[row_id] = call
 
     async def _update_calls(
         self, summaries: Sequence[tuple[int, dict[str, Any]]], now: datetime
-    ) -> None:
+    ) -> dict[int, str]:
+        """Write the rows; each one's model as now stored (the text), by row id."""
         raise NotImplementedError
+
+    def committed(self) -> None:
+        """Remember the calls as committed, for the next transactions (see :class:`CallCache`)."""
+        for row_id, call in self._handed_out.items():
+            key, text = self._locked[row_id]
+            self._cache.put(key, text, call)
 
     # -- JobQueue ------------------------------------------------------------------------------
 
@@ -305,8 +365,8 @@ _SQLITE_UPDATE_CALL = (
 class _SqliteTransaction(IntakeTransaction):
     """The intake's statements on the ``sqlite3`` connection itself (see the module docstring)."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        super().__init__()
+    def __init__(self, connection: sqlite3.Connection, calls: CallCache | None = None) -> None:
+        super().__init__(calls)
         self._db = connection
 
     def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
@@ -358,7 +418,7 @@ class _SqliteTransaction(IntakeTransaction):
 
     async def _lock_calls(
         self, keys: Sequence[CallKey], now: datetime
-    ) -> Iterable[tuple[int, int, str, Mapping[str, Any] | None]]:
+    ) -> Iterable[tuple[int, int, str, str]]:
         stamp = _sqlite_time(now)
         result = []
         for chunk in _chunks(keys):
@@ -376,14 +436,15 @@ class _SqliteTransaction(IntakeTransaction):
                 " RETURNING id, enterprise_id, linkedid, model",
                 params,
             )
-            result += [(r, e, k, _loads(m) if m else None) for r, e, k, m in rows]
+            result += rows
         return result
 
     async def _update_calls(
         self, summaries: Sequence[tuple[int, dict[str, Any]]], now: datetime
-    ) -> None:
+    ) -> dict[int, str]:
         stamp = _sqlite_time(now)
         params = []
+        models: dict[int, str] = {}
         for row_id, summary in summaries:
             values: list[Any] = []
             for name in _SUMMARY_COLUMNS:
@@ -395,7 +456,9 @@ class _SqliteTransaction(IntakeTransaction):
                 values.append(value)
             values += (stamp, row_id)
             params.append(values)
+            models[row_id] = values[0]
         self._db.executemany(_SQLITE_UPDATE_CALL, params).close()
+        return models
 
     async def _job_statuses(self, ids: Collection[int]) -> dict[int, str]:
         ids = list(ids)
@@ -464,7 +527,7 @@ SELECT e, l, '{}'::jsonb, '{}'::jsonb, 'new', 'inbound', '', '', 0, $3::timestam
 FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS t(e, l, n)
 ORDER BY n
 ON CONFLICT (enterprise_id, linkedid) DO UPDATE SET updated_at = excluded.updated_at
-RETURNING id, enterprise_id, linkedid, model
+RETURNING id, enterprise_id, linkedid, model::text
 """
 _PG_UPDATE_CALLS = """
 UPDATE calls SET model = t.model::jsonb, state = t.state, direction = t.direction,
@@ -482,6 +545,7 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::te
          bitrix24_call_id, crm_entity_type, crm_entity_id, started_at, answered_at, ended_at,
          status_code, talk_seconds, recording)
 WHERE calls.id = t.id
+RETURNING calls.id, calls.model::text
 """
 # Rows are inserted in the parameters' order (ORDER BY n), so their ids ascend in it.
 _PG_INSERT_JOBS = f"""
@@ -498,8 +562,8 @@ RETURNING id
 class _PostgresTransaction(IntakeTransaction):
     """The intake's statements on the asyncpg connection itself (see the module docstring)."""
 
-    def __init__(self, connection: Any) -> None:
-        super().__init__()
+    def __init__(self, connection: Any, calls: CallCache | None = None) -> None:
+        super().__init__(calls)
         self._db = connection
 
     async def active_webhook_secrets(self, ids: Collection[int]) -> dict[int, str]:
@@ -524,7 +588,7 @@ class _PostgresTransaction(IntakeTransaction):
 
     async def _lock_calls(
         self, keys: Sequence[CallKey], now: datetime
-    ) -> Iterable[tuple[int, int, str, Mapping[str, Any] | None]]:
+    ) -> Iterable[tuple[int, int, str, str]]:
         rows = await self._db.fetch(
             _PG_LOCK_CALLS, [key[0] for key in keys], [key[1] for key in keys], now
         )
@@ -532,14 +596,15 @@ class _PostgresTransaction(IntakeTransaction):
 
     async def _update_calls(
         self, summaries: Sequence[tuple[int, dict[str, Any]]], now: datetime
-    ) -> None:
+    ) -> dict[int, str]:
         columns: list[list[Any]] = [[] for _ in range(len(_SUMMARY_COLUMNS) + 1)]
         for row_id, summary in summaries:
             columns[0].append(row_id)
             for index, name in enumerate(_SUMMARY_COLUMNS, start=1):
                 value = summary[name]
                 columns[index].append(_dumps(value) if name in _JSON_SUMMARY else value)
-        await self._db.execute(_PG_UPDATE_CALLS, *columns, now)
+        # jsonb keeps its own spelling of the document: the text to remember is its.
+        return {row[0]: row[1] for row in await self._db.fetch(_PG_UPDATE_CALLS, *columns, now)}
 
     async def _job_statuses(self, ids: Collection[int]) -> dict[int, str]:
         rows = await self._db.fetch(
@@ -593,6 +658,8 @@ class IntakeStore:
         self._postgres = engine.dialect.name == "postgresql"
         self._held: AsyncConnection | None = None
         self._last_used = 0.0
+        #: The calls committed by this store's transactions, decoded.
+        self.calls = CallCache()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[IntakeTransaction]:
@@ -645,10 +712,10 @@ class IntakeStore:
                 # SQLAlchemy's asyncpg adapter begins on its own first statement, and none
                 # runs through it: this is the connection's only transaction.
                 await driver.execute("BEGIN")
-                transaction = _PostgresTransaction(driver)
+                transaction = _PostgresTransaction(driver, self.calls)
             else:
                 await driver.begin_immediate()
-                transaction = _SqliteTransaction(driver.sqlite)
+                transaction = _SqliteTransaction(driver.sqlite, self.calls)
         except _UNAVAILABLE:
             await connection.invalidate()
             raise
@@ -662,6 +729,7 @@ class IntakeStore:
             else:
                 # On the driver's thread: a commit may checkpoint the WAL, and fsync.
                 await driver.commit()
+            transaction.committed()
         except BaseException as err:
             if isinstance(err, _UNAVAILABLE) or not await _rolled_back(driver):
                 # Broken mid-transaction, or in an unknown state: never hand it out again.

@@ -116,6 +116,20 @@ async def through_intake(
     return outcomes
 
 
+async def apply_then_fail(
+    store: IntakeStore,
+    factory: async_sessionmaker[AsyncSession],
+    tenant: Tenant,
+    events: Sequence[Event],
+) -> None:
+    async with factory() as session:
+        routing = await SqlRoutingSource(session, BOX).for_enterprise(tenant.enterprise_id)
+    async with store.transaction() as transaction:
+        ports = transaction.ports(PreloadedRouting({tenant.enterprise_id: routing}))
+        await track_event_groups(ports, [EventGroup(tenant.enterprise_id, events)])
+        raise RuntimeError("after applying")
+
+
 async def stored(engine: AsyncEngine, tenant: Tenant) -> dict[str, list[dict[str, Any]]]:
     """Every row the tenant's events made, with its own ids and the clock's times masked."""
     assert tenant.integration_id is not None
@@ -270,3 +284,53 @@ class TestJobs:
         assert [by_id[job_id].status for job_id in later] == ["queued", "cancelled"]
         # The failed transaction left nothing.
         assert len(rows) == 1 + 600 + 2
+
+
+class TestCallCache:
+    async def test_a_committed_call_is_not_decoded_again(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        (tenant,) = await tenants(factory, 1)
+        first, second, _, _ = answered_call("L1")
+        key = (tenant.enterprise_id, "L1")
+        store = IntakeStore(engine)
+        try:
+            await through_intake(store, factory, tenant, [first])
+            async with store.transaction() as transaction:
+                (_, kept) = (await transaction.get_many([key]))[key]
+            async with store.transaction() as transaction:
+                (_, again) = (await transaction.get_many([key]))[key]
+            assert kept is not None
+            assert again is kept
+            # Written by another path meanwhile: decoded from what is stored.
+            await through_sqlalchemy(factory, tenant, [second])
+            async with store.transaction() as transaction:
+                (_, fresh) = (await transaction.get_many([key]))[key]
+            assert fresh is not kept
+            assert fresh is not None
+            assert fresh.to_dict() != kept.to_dict()
+        finally:
+            await store.release()
+
+    async def test_a_failed_transaction_leaves_no_trace(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        (tenant,) = await tenants(factory, 1)
+        started, ringing, answered, ended = answered_call("L1")
+        store = IntakeStore(engine)
+        try:
+            await through_intake(store, factory, tenant, [started, ringing])
+            # The end is applied to the call (it is over, in memory), then the transaction fails.
+            with pytest.raises(RuntimeError, match="after applying"):
+                await apply_then_fail(store, factory, tenant, [ended])
+            outcomes = await through_intake(store, factory, tenant, [answered, ended])
+            assert outcomes == [Outcome.ACCEPTED] * 2
+        finally:
+            await store.release()
+        (other,) = await tenants(factory, 1)
+        await through_sqlalchemy(factory, other, answered_call("L1"))
+        mine, theirs = await stored(engine, tenant), await stored(engine, other)
+        assert mine["calls"] == theirs["calls"]
+        assert [job["payload"] for job in mine["jobs"]] == [
+            job["payload"] for job in theirs["jobs"]
+        ]

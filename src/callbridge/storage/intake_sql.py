@@ -692,8 +692,13 @@ class IntakeStore:
 
     async def release_if_idle(self) -> None:
         """Give the kept connection back if it has been idle for ``keep_seconds``."""
-        if self._held is not None and self._clock() - self._last_used >= self.keep_seconds:
+        idle = self.idle_seconds()
+        if idle is not None and idle >= self.keep_seconds:
             await self.release()
+
+    def idle_seconds(self) -> float | None:
+        """How long the kept connection has been idle; None when none is kept."""
+        return None if self._held is None else self._clock() - self._last_used
 
     async def _connection(self) -> AsyncConnection:
         await self.release_if_idle()

@@ -137,6 +137,7 @@ class IntakeWriter:
                 await self._task
         if self._idle is not None:
             self._idle.cancel()
+            self._idle = None
         if self._store is not None:
             await self._store.release()
 
@@ -147,9 +148,9 @@ class IntakeWriter:
                 group = self._next_group()
                 if group:
                     await self._apply_safely(group)
-            if self._store is not None:
+            if self._store is not None and self._idle is None:
                 # The store keeps its connection for the next requests a while: give it back
-                # once that while has passed without them.
+                # once that while has passed without them (one timer, however many bursts).
                 self._idle = asyncio.get_running_loop().call_later(
                     self._store.keep_seconds, self._release_idle
                 )
@@ -236,10 +237,20 @@ class IntakeWriter:
         return [next(applied) if ok else CredentialsChangedError() for ok in valid]
 
     def _release_idle(self) -> None:
-        if self._store is not None:
-            task = asyncio.create_task(self._store.release_if_idle())
-            self._releasing.add(task)
-            task.add_done_callback(self._releasing.discard)
+        self._idle = None
+        store = self._store
+        idle = store.idle_seconds() if store is not None else None
+        if store is None or idle is None:
+            return
+        if idle < store.keep_seconds:
+            # Used again since: look again once it may have been idle long enough.
+            self._idle = asyncio.get_running_loop().call_later(
+                store.keep_seconds - idle, self._release_idle
+            )
+            return
+        task = asyncio.create_task(store.release_if_idle())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     def _intake_store(self) -> IntakeStore | None:
         if self._store is None:

@@ -334,3 +334,27 @@ class TestCallCache:
         assert [job["payload"] for job in mine["jobs"]] == [
             job["payload"] for job in theirs["jobs"]
         ]
+
+
+class TestConnection:
+    async def test_postgres_keeps_its_connection_between_close_transactions(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        (tenant,) = await tenants(factory, 1)
+        now = [100.0]
+        store = IntakeStore(engine, keep_seconds=1.0, clock=lambda: now[0])
+        postgres = engine.dialect.name == "postgresql"
+        try:
+            await through_intake(store, factory, tenant, answered_call("L1")[:1])
+            # SQLite's one connection goes back at once: other sessions wait for it.
+            assert engine.sync_engine.pool.checkedout() == (1 if postgres else 0)
+            now[0] += 0.5
+            await store.release_if_idle()
+            await through_intake(store, factory, tenant, answered_call("L2")[:1])
+            assert engine.sync_engine.pool.checkedout() == (1 if postgres else 0)
+            now[0] += 1.0
+            await store.release_if_idle()
+            assert store.idle_seconds() is None
+            assert engine.sync_engine.pool.checkedout() == 0
+        finally:
+            await store.release()

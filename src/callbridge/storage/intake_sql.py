@@ -670,10 +670,10 @@ class IntakeStore:
         anything else propagates as raised.
         """
         try:
-            connection = await self._connection()
+            connection, transaction = await self._begin()
             keep = False
             try:
-                async with self._begun(connection) as transaction:
+                async with self._ending(connection, transaction):
                     yield transaction
                 keep = self._postgres
             finally:
@@ -700,32 +700,52 @@ class IntakeStore:
         """How long the kept connection has been idle; None when none is kept."""
         return None if self._held is None else self._clock() - self._last_used
 
-    async def _connection(self) -> AsyncConnection:
+    async def _begin(self) -> tuple[AsyncConnection, IntakeTransaction]:
         await self.release_if_idle()
         held, self._held = self._held, None
         if held is not None:
-            return held
-        return await self.engine.connect().start()
+            try:
+                return held, await self._begin_on(held)
+            except _UNAVAILABLE:
+                # Lost while kept (say, the server restarted): nothing was sent, so a
+                # connection from the pool (pinged) may begin instead.
+                await held.close()
+            except BaseException:
+                await held.close()
+                raise
+        connection = await self.engine.connect().start()
+        try:
+            return connection, await self._begin_on(connection)
+        except BaseException:
+            await connection.close()
+            raise
 
-    @contextlib.asynccontextmanager
-    async def _begun(self, connection: AsyncConnection) -> AsyncIterator[IntakeTransaction]:
+    async def _begin_on(self, connection: AsyncConnection) -> IntakeTransaction:
         raw = await connection.get_raw_connection()
         driver: Any = raw.driver_connection
-        transaction: IntakeTransaction
         try:
             if self._postgres:
                 # SQLAlchemy's asyncpg adapter begins on its own first statement, and none
                 # runs through it: this is the connection's only transaction.
                 await driver.execute("BEGIN")
-                transaction = _PostgresTransaction(driver, self.calls)
-            else:
-                await driver.begin_immediate()
-                transaction = _SqliteTransaction(driver.sqlite, self.calls)
-        except _UNAVAILABLE:
-            await connection.invalidate()
+                return _PostgresTransaction(driver, self.calls)
+            await driver.begin_immediate()
+            return _SqliteTransaction(driver.sqlite, self.calls)
+        except BaseException as err:
+            # Cancelled, say, while BEGIN waited: it may still begin. aiosqlite's thread runs
+            # a rollback after it; an asyncpg connection is in an unknown state.
+            if isinstance(err, _UNAVAILABLE) or self._postgres or not await _rolled_back(driver):
+                await connection.invalidate()
             raise
+
+    @contextlib.asynccontextmanager
+    async def _ending(
+        self, connection: AsyncConnection, transaction: IntakeTransaction
+    ) -> AsyncIterator[None]:
+        raw = await connection.get_raw_connection()
+        driver: Any = raw.driver_connection
         try:
-            yield transaction
+            yield
             if self._postgres:
                 # The NOTIFY goes with the COMMIT: one round trip, delivered on commit.
                 await driver.execute(

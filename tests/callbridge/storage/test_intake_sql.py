@@ -358,3 +358,26 @@ class TestConnection:
             assert engine.sync_engine.pool.checkedout() == 0
         finally:
             await store.release()
+
+    async def test_a_kept_connection_lost_meanwhile_is_replaced(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        if engine.dialect.name != "postgresql":
+            pytest.skip("only PostgreSQL connections are kept")
+        (tenant,) = await tenants(factory, 1)
+        store = IntakeStore(engine)
+        try:
+            await through_intake(store, factory, tenant, answered_call("L1")[:1])
+            assert store.idle_seconds() is not None
+            async with engine.connect() as killer:
+                killed = await killer.scalars(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+                assert any(killed.all())
+            outcomes = await through_intake(store, factory, tenant, answered_call("L2")[:1])
+            assert outcomes == [Outcome.ACCEPTED]
+        finally:
+            await store.release()

@@ -113,8 +113,6 @@ class IntakeWriter:
     _waiting: deque[_Request] = field(default_factory=deque, init=False, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _store: IntakeStore | None = field(default=None, init=False, repr=False)
-    _idle: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
-    _releasing: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     async def submit(
         self, enterprise_id: int, secret_enc: str, events: Sequence[Event]
@@ -135,28 +133,31 @@ class IntakeWriter:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
         if self._store is not None:
             await self._store.release()
 
     async def _run(self) -> None:
         group: list[_Request] = []
         try:
-            while self._waiting:
-                group = self._next_group()
-                if group:
-                    await self._apply_safely(group)
-            if self._store is not None and self._idle is None:
-                # The store keeps its connection for the next requests a while: give it back
-                # once that while has passed without them (one timer, however many bursts).
-                self._idle = asyncio.get_running_loop().call_later(
-                    self._store.keep_seconds, self._release_idle
-                )
+            while True:
+                while self._waiting:
+                    group = self._next_group()
+                    if group:
+                        await self._apply_safely(group)
+                group = []
+                if self._store is None or self._store.idle_seconds() is None:
+                    # Nothing awaited since the queue was last seen empty: a request that
+                    # comes after this starts a new task.
+                    return
+                # Kept (PostgreSQL) while requests follow each other; given back once they
+                # stop, so a writer nobody closes leaves no connection checked out. Requests
+                # that come meanwhile are served by this task: it looks again.
+                await self._store.release()
         except asyncio.CancelledError:
             # Cancelled mid-transaction (the process is stopping): the transaction is rolled
             # back, so nobody waiting may be left hanging, nor told it was accepted.
+            if self._store is not None:
+                await self._store.release()
             err = StorageError("the server is stopping; try again later")
             _fail([*group, *self._waiting], err)
             self._waiting.clear()
@@ -235,22 +236,6 @@ class IntakeWriter:
         self.commits += 1
         self.committed_requests += len(group)
         return [next(applied) if ok else CredentialsChangedError() for ok in valid]
-
-    def _release_idle(self) -> None:
-        self._idle = None
-        store = self._store
-        idle = store.idle_seconds() if store is not None else None
-        if store is None or idle is None:
-            return
-        if idle < store.keep_seconds:
-            # Used again since: look again once it may have been idle long enough.
-            self._idle = asyncio.get_running_loop().call_later(
-                store.keep_seconds - idle, self._release_idle
-            )
-            return
-        task = asyncio.create_task(store.release_if_idle())
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
 
     def _intake_store(self) -> IntakeStore | None:
         if self._store is None:

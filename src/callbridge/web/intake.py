@@ -7,6 +7,9 @@ to the process's :class:`IntakeWriter` and waits. The writer takes every request
 each request: 202 still means committed. While a transaction runs, the requests that arrive
 queue for the next one, so a lone request waits for nobody and a busy process pays one
 ``BEGIN IMMEDIATE``/commit (SQLite) or one set of round trips (PostgreSQL) for many requests.
+The transaction's statements are plain SQL on the driver's connection
+(:class:`~callbridge.storage.intake_sql.IntakeStore`); the enterprises' routing is read (or
+taken from the cache) before it begins.
 
 One bad request must not fail the others: when a group's transaction fails, it is rolled back
 and each of its requests is applied again in a transaction of its own; each then gets its own

@@ -121,9 +121,12 @@ class OneHopCursor:
             finally:
                 cursor.close()
 
-        self.description, self.rowcount, self.lastrowid, self._rows = (
-            await self._connection._execute(run)  # type: ignore[no-untyped-call]
-        )
+        (
+            self.description,
+            self.rowcount,
+            self.lastrowid,
+            self._rows,
+        ) = await self._connection._execute(run)
         return self
 
     async def executemany(self, sql: str, parameters: Sequence[Any]) -> OneHopCursor:
@@ -138,7 +141,7 @@ class OneHopCursor:
             finally:
                 cursor.close()
 
-        self.description, self.rowcount, self.lastrowid = await self._connection._execute(run)  # type: ignore[no-untyped-call]
+        self.description, self.rowcount, self.lastrowid = await self._connection._execute(run)
         self._rows = []
         return self
 
@@ -165,12 +168,70 @@ class OneHopCursor:
 class OneHopConnection(aiosqlite.Connection):
     """An aiosqlite connection whose cursors are :class:`OneHopCursor` s."""
 
+    # Calls handed to the driver's thread, and calls it finished: each counter is written by
+    # one thread only, so their difference is exact (the thread is idle when they are equal).
+    _sent = 0
+    _finished = 0
+
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        def run() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._finished += 1
+
+        self._sent += 1
+        return await super()._execute(run)  # type: ignore[no-untyped-call]
+
+    @property
+    def idle(self) -> bool:
+        """Whether nothing is queued or running on the driver's thread (say, for a caller
+        that was cancelled while it waited)."""
+        return self._sent == self._finished
+
     def cursor(self) -> Result[OneHopCursor]:  # type: ignore[override]
         """A cursor; making it costs no trip to the driver's thread."""
         return Result(self._new_cursor())
 
     async def _new_cursor(self) -> OneHopCursor:
         return OneHopCursor(self)
+
+    @property
+    def sqlite(self) -> sqlite3.Connection:
+        """The ``sqlite3`` connection, for a caller that holds this one and has nothing running
+        on the driver's thread (see :mod:`callbridge.storage.intake_sql`)."""
+        return self._conn
+
+    async def rollback(self) -> None:
+        """Roll back the open transaction; with none open (the pool resets every connection it
+        gets back, most of them committed) it costs no trip to the driver's thread."""
+        if self.idle and self._connection is not None and not self._connection.in_transaction:
+            return
+        await super().rollback()
+
+    async def begin_immediate(self) -> None:
+        """``BEGIN IMMEDIATE``: at once on the caller's thread when the write lock is free,
+        else on the driver's thread, waiting for it up to the busy timeout.
+
+        Trying costs microseconds; a trip to the driver's thread costs more CPU than that, and
+        the lock is free most of the time. The caller holds this connection with nothing running
+        on the driver's thread.
+        """
+        if not self.idle:
+            await self.execute("BEGIN IMMEDIATE")
+            return
+        conn = self.sqlite
+        conn.execute("PRAGMA busy_timeout = 0").close()
+        try:
+            conn.execute("BEGIN IMMEDIATE").close()
+            return
+        except sqlite3.OperationalError as err:
+            # The primary code: busy covers its extended codes (recovery, snapshot, timeout).
+            if err.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").close()
+        await self.execute("BEGIN IMMEDIATE")
 
 
 def create_unpooled_engine(url: str) -> AsyncEngine:

@@ -14,6 +14,7 @@ from typing import TypedDict
 import httpx
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp
 
 from callbridge import __version__
 from callbridge.config import Settings
@@ -69,6 +70,18 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
+class _App(FastAPI):
+    """The FastAPI app, with the PBX webhook's fast path in front of its whole stack."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """FastAPI's stack behind :class:`~callbridge.web.pbx.WebhookFastPath`.
+
+        Outermost, so a webhook request served there skips every layer of it; whatever it does
+        not answer goes through them all, error handling included.
+        """
+        return pbx.WebhookFastPath(super().build_middleware_stack())
+
+
 def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = None) -> FastAPI:
     """The web app; with ``worker_factory`` it also runs the worker (all-in-one mode)."""
 
@@ -116,7 +129,7 @@ def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = Non
             )
             logger.info("callbridge web app stopping")
 
-    app = FastAPI(
+    app = _App(
         title="callbridge",
         summary="Asterisk ↔ Bitrix24 telephony bridge",
         description=DESCRIPTION,

@@ -183,6 +183,13 @@ class TestGroupCommit:
         # The next request starts a writer again.
         assert await env.submit(started("c3")) == [Outcome.ACCEPTED]
 
+    async def test_no_connection_stays_checked_out_once_the_requests_stop(self, env: Env) -> None:
+        # A writer nobody closes (an app without a lifespan) must not leak its connection.
+        assert await env.submit(started("c1")) == [Outcome.ACCEPTED]
+        assert env.writer._task is not None
+        await env.writer._task
+        assert env.factory.kw["bind"].sync_engine.pool.checkedout() == 0
+
     async def test_a_changed_secret_refuses_the_request_and_stores_nothing(self, env: Env) -> None:
         async with env.factory() as session, session.begin():
             enterprise = await session.get_one(Enterprise, env.enterprise_id)

@@ -150,7 +150,9 @@ class CallRepository(Repository[CallRow]):
         if not calls:
             return
         now = utcnow()
-        params = [{"row_id": row_id, **_summary(call), "updated_at": now} for row_id, call in calls]
+        params = [
+            {"row_id": row_id, **summary_of(call), "updated_at": now} for row_id, call in calls
+        ]
         await self.session.execute(_UPDATE_SUMMARY, params)
         # A row this session loaded earlier must not go on showing the old values (the intake
         # writer's sessions load none: skip the look-ups, they cost more than the UPDATE).
@@ -174,11 +176,12 @@ class CallRepository(Repository[CallRow]):
 
 
 def _summarise(row: CallRow, call: Call) -> None:
-    for name, value in _summary(call).items():
+    for name, value in summary_of(call).items():
         setattr(row, name, value)
 
 
-def _summary(call: Call) -> dict[str, Any]:
+def summary_of(call: Call) -> dict[str, Any]:
+    """The row's columns for a call: its model and the summary of it for queries."""
     last = call.legs[-1] if call.legs else None
     first = call.legs[0] if call.legs else None
     recording = call.recordings[0] if call.recordings else None

@@ -1,0 +1,774 @@
+"""Call tracking's storage for the webhook intake, on the database driver's own connection.
+
+The PBX webhook's group transaction (:class:`callbridge.web.intake.IntakeWriter`) runs the
+same few statements thousands of times a second: check the senders' secrets, lock the calls,
+file the events, save the calls, queue their jobs. Through SQLAlchemy each statement cost more
+CPU than the database spent on it (building parameters, processing binds and results, the
+greenlet hops of the async adapters; measured with py-spy under ``benchmarks/ingest.py``), so
+this module writes them as plain SQL on the driver connection the engine's pool hands out:
+
+- SQLite: the transaction is begun (``BEGIN IMMEDIATE``, which may wait for the write lock)
+  and committed (which may checkpoint, and fsync) on aiosqlite's thread, as every statement
+  was; the statements in between run on the event loop's thread directly on the ``sqlite3``
+  connection. Holding the write lock, they never wait for another connection, and each costs
+  microseconds: less than the two thread hand-offs it would take to run it on the driver's
+  thread. The connection is the pool's, checked out for the transaction, so nothing else uses
+  it meanwhile.
+- PostgreSQL: each statement is one asyncpg round trip with array parameters (``unnest``), so
+  a group of any size costs the same handful of prepared statements.
+
+The rows written are the ones the SQLAlchemy ports (:mod:`callbridge.storage.call_tracking`)
+write, column for column and in the same formats (``tests/callbridge/storage/test_intake_sql.py``
+compares them), and the semantics are theirs: calls locked in key order, events filed once
+(``ON CONFLICT DO NOTHING``), job ids ascending in enqueue order, ``NOTIFY`` once per
+transaction that queued jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import orjson
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from callbridge.domain.call import Call
+from callbridge.domain.errors import JobNotFoundError, StorageError
+from callbridge.domain.events import Event, event_to_dict
+from callbridge.domain.ports import CallKey, CallRouting, InboxEntry, NewJob
+from callbridge.services.call_tracking import CallTrackingPorts
+from callbridge.storage.job_queue import DEFAULT_MAX_ATTEMPTS, NOTIFY_CHANNEL
+from callbridge.storage.models import JobStatus
+from callbridge.storage.repositories.calls import summary_of
+from callbridge.storage.types import utcnow
+
+__all__ = ["CallCache", "IntakeStore", "IntakeTransaction", "PreloadedRouting"]
+
+_QUEUED = JobStatus.QUEUED.value
+# JSON columns hold the same documents as SQLAlchemy writes, in orjson's compact form:
+# json.dumps and json.loads were a fifth of the intake's CPU.
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, option=_JSON_OPTIONS).decode()
+
+
+_loads = orjson.loads
+_CANCELLED = JobStatus.CANCELLED.value
+# SQLite allows 32,766 parameters per statement: rows per multi-row INSERT stay well below.
+_SQLITE_ROWS_PER_STATEMENT = 500
+# What the driver raises when the database or the connection to it fails (not the data).
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    OSError,
+    sqlite3.OperationalError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
+
+
+class PreloadedRouting:
+    """A :class:`~callbridge.domain.ports.RoutingSource` of routings resolved beforehand."""
+
+    def __init__(self, routings: Mapping[int, CallRouting]) -> None:
+        self._routings = routings
+
+    async def for_enterprise(self, enterprise_id: int) -> CallRouting:
+        """The routing looked up before the transaction began."""
+        return self._routings[enterprise_id]
+
+
+#: A call's model before its first event (what creating the row writes).
+_EMPTY_MODEL = "{}"
+
+
+class CallCache:
+    """Calls as the intake last committed them, decoded, with their models as stored.
+
+    Decoding a call's model is a good part of applying an event to it, and the intake applies
+    a call's events one after the other. A call is taken from here only when the model its
+    locked row holds now is, text for text, the one remembered with it: a call that anything
+    else wrote since (the AMI listener, the dispatcher's write-back, another process) is
+    decoded afresh, and a transaction that fails put nothing back (a call is taken out when it
+    is locked, and remembered again only once its transaction has committed).
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._calls: dict[CallKey, tuple[str, Call]] = {}
+
+    def take(self, key: CallKey, stored: str) -> Call | None:
+        """The call remembered for ``key``, if its model is ``stored``; forgotten either way."""
+        entry = self._calls.pop(key, None)
+        if entry is None or entry[0] != stored:
+            return None
+        return entry[1]
+
+    def put(self, key: CallKey, stored: str, call: Call) -> None:
+        """Remember a committed call and its model as stored."""
+        self._calls.pop(key, None)
+        if len(self._calls) >= self.size:
+            # The oldest first: dicts keep insertion order.
+            del self._calls[next(iter(self._calls))]
+        self._calls[key] = (stored, call)
+
+
+class IntakeTransaction:
+    """One write transaction of the intake: the ports of call tracking, and the secrets check.
+
+    Implements the :class:`~callbridge.domain.ports.EventInbox`,
+    :class:`~callbridge.domain.ports.CallRepository` and
+    :class:`~callbridge.domain.ports.JobQueue` ports (their bulk methods are the ones call
+    tracking uses; the single ones go through them).
+    """
+
+    #: Jobs queued by this transaction (their status is known without asking the database).
+    _queued: set[int]
+
+    def __init__(self, calls: CallCache | None = None) -> None:
+        self._queued = set()
+        self.jobs_queued = False
+        self._cache = calls if calls is not None else CallCache()
+        # Each locked call by row id: its key, and its model as stored (the text) now.
+        self._locked: dict[int, tuple[CallKey, str]] = {}
+        self._handed_out: dict[int, Call] = {}
+
+    def ports(self, routing: PreloadedRouting) -> CallTrackingPorts:
+        """Call tracking's ports on this transaction."""
+        return CallTrackingPorts(inbox=self, calls=self, jobs=self, routing=routing)
+
+    async def active_webhook_secrets(self, ids: Collection[int]) -> dict[int, str]:
+        """The stored (encrypted) webhook secret of each active enterprise among ``ids``."""
+        raise NotImplementedError
+
+    # -- EventInbox ----------------------------------------------------------------------------
+
+    async def add(self, enterprise_id: int, source: str, event: Event) -> int | None:
+        """Store the event, handled, unless stored before; 1 if new (not its row id)."""
+        (new,) = await self.add_many([(enterprise_id, source, event)])
+        return 1 if new else None
+
+    async def add_many(self, entries: Sequence[InboxEntry]) -> list[bool]:
+        """Store events, handled, in one statement; for each, whether it was new."""
+        first: dict[tuple[int, str, str], int] = {}
+        for index, (enterprise_id, source, event) in enumerate(entries):
+            first.setdefault((enterprise_id, source, event.event_id), index)
+        if not first:
+            return []
+        stored = await self._insert_events([entries[index] for index in first.values()], utcnow())
+        new_at = {index for key, index in first.items() if key in stored}
+        return [index in new_at for index in range(len(entries))]
+
+    async def _insert_events(
+        self, entries: Sequence[InboxEntry], now: datetime
+    ) -> set[tuple[int, str, str]]:
+        raise NotImplementedError
+
+    # -- CallRepository ------------------------------------------------------------------------
+
+    async def get(self, enterprise_id: int, linkedid: str) -> Call | None:
+        """The stored call, locked until the transaction ends; None if new."""
+        return (await self.get_many([(enterprise_id, linkedid)]))[(enterprise_id, linkedid)][1]
+
+    async def save(self, enterprise_id: int, call: Call) -> int:
+        """Write the call; its row id (the call is locked first, as ``get`` would)."""
+        key = (enterprise_id, call.call_id)
+        row_id = (await self.get_many([key]))[key][0]
+        await self.save_many([(row_id, call)])
+        return row_id
+
+    async def get_many(self, keys: Sequence[CallKey]) -> dict[CallKey, tuple[int, Call | None]]:
+        """Each call's row id and stored call, locked (in ``keys`` order) until commit."""
+        if not keys:
+            return {}
+        found: dict[CallKey, tuple[int, Call | None]] = {}
+        for row_id, enterprise_id, linkedid, text in await self._lock_calls(
+            list(dict.fromkeys(keys)), utcnow()
+        ):
+            key = (enterprise_id, linkedid)
+            call = self._cache.take(key, text)
+            if call is None and text != _EMPTY_MODEL:
+                call = Call.from_dict(_loads(text))
+            if call is not None:
+                self._handed_out[row_id] = call
+            self._locked[row_id] = (key, text)
+            found[key] = (row_id, call)
+        return found
+
+    async def _lock_calls(
+        self, keys: Sequence[CallKey], now: datetime
+    ) -> Iterable[tuple[int, int, str, str]]:
+        """Lock (or create) the rows: (row id, enterprise id, linkedid, model as stored)."""
+        raise NotImplementedError
+
+    async def save_many(self, calls: Sequence[tuple[int, Call]]) -> None:
+        """Write calls (row id, call) and their summary columns in one statement."""
+        if not calls:
+            return
+        stored = await self._update_calls(
+            [(row_id, summary_of(call)) for row_id, call in calls], utcnow()
+        )
+        for row_id, call in calls:
+            if row_id in self._locked and row_id in stored:
+                self._locked[row_id] = (self._locked[row_id][0], stored[row_id])
+                self._handed_out[row_id] = call
+
+    async def _update_calls(
+        self, summaries: Sequence[tuple[int, dict[str, Any]]], now: datetime
+    ) -> dict[int, str]:
+        """Write the rows; each one's model as now stored (the text), by row id."""
+        raise NotImplementedError
+
+    def committed(self) -> None:
+        """Remember the calls as committed, for the next transactions (see :class:`CallCache`)."""
+        for row_id, call in self._handed_out.items():
+            key, text = self._locked[row_id]
+            self._cache.put(key, text, call)
+
+    # -- JobQueue ------------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        kind: str,
+        payload: Mapping[str, Any],
+        *,
+        ordering_key: str | None = None,
+        depends_on: int | None = None,
+        integration_id: int | None = None,
+        call_id: int | None = None,
+    ) -> int:
+        """Queue a job in this transaction; its id."""
+        job = NewJob(kind, payload, ordering_key, depends_on, integration_id, call_id)
+        (job_id,) = await self.enqueue_many([job])
+        return job_id
+
+    async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[int]:
+        """Queue jobs in one statement (ids ascend in the given order); their ids.
+
+        As :meth:`callbridge.storage.job_queue.JobQueue.enqueue_many`: a job whose dependency
+        is cancelled is cancelled too, a missing dependency raises
+        :class:`~callbridge.domain.errors.JobNotFoundError`. A dependency queued by this
+        transaction is known to be queued without asking.
+        """
+        if not jobs:
+            return []
+        asked = {j.depends_on for j in jobs if j.depends_on is not None} - self._queued
+        statuses = await self._job_statuses(asked) if asked else {}
+        missing = asked - set(statuses)
+        if missing:
+            raise JobNotFoundError(f"job {min(missing)} (the dependency) does not exist")
+        cancelled = [
+            job.depends_on is not None and statuses.get(job.depends_on) == _CANCELLED
+            for job in jobs
+        ]
+        ids = await self._insert_jobs(jobs, cancelled, utcnow())
+        self._queued.update(i for i, dead in zip(ids, cancelled, strict=True) if not dead)
+        self.jobs_queued = True
+        return ids
+
+    async def _job_statuses(self, ids: Collection[int]) -> dict[int, str]:
+        raise NotImplementedError
+
+    async def _insert_jobs(
+        self, jobs: Sequence[NewJob], cancelled: Sequence[bool], now: datetime
+    ) -> list[int]:
+        raise NotImplementedError
+
+
+def _job_row(job: NewJob, cancelled: bool) -> tuple[str, str | None, str | None]:
+    """(status, finished?, last_error) of a new job: as ``JobQueue.enqueue_many`` sets them."""
+    if cancelled:
+        return _CANCELLED, "now", f"cancelled: dependency {job.depends_on} was cancelled"
+    return _QUEUED, None, None
+
+
+# -- SQLite ------------------------------------------------------------------------------------
+
+
+_SQLITE_TIMES: dict[datetime, str] = {}
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    # SQLAlchemy's storage format for DateTime on SQLite (naive UTC, always with microseconds):
+    # the claim queries compare these strings, so the format must be exactly the same. A call's
+    # times are written again with every event: remembered (a few thousand at most).
+    if value is None:
+        return None
+    text = _SQLITE_TIMES.get(value)
+    if text is None:
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware value")
+        text = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        if len(_SQLITE_TIMES) >= 4096:
+            _SQLITE_TIMES.clear()
+        _SQLITE_TIMES[value] = text
+    return text
+
+
+def _placeholders(columns: int, rows: int) -> str:
+    row = "(" + ",".join("?" * columns) + ")"
+    return ",".join([row] * rows)
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), _SQLITE_ROWS_PER_STATEMENT):
+        yield items[start : start + _SQLITE_ROWS_PER_STATEMENT]
+
+
+_SQLITE_CALL_COLUMNS = (
+    "enterprise_id, linkedid, model, ringing, state, direction, external_number, line_number, "
+    "talk_seconds, created_at, updated_at"
+)
+_SQLITE_EVENT_COLUMNS = (
+    "enterprise_id, source, event_id, linkedid, kind, payload, occurred_at, received_at, handled_at"
+)
+_JOB_COLUMNS = (
+    "kind, payload, status, ordering_key, depends_on, run_after, max_attempts, integration_id, "
+    "call_id, attempts, created_at, updated_at, finished_at, last_error"
+)
+_SUMMARY_COLUMNS = (
+    "model",
+    "state",
+    "direction",
+    "external_number",
+    "line_number",
+    "ringing",
+    "answered_by",
+    "bitrix24_call_id",
+    "crm_entity_type",
+    "crm_entity_id",
+    "started_at",
+    "answered_at",
+    "ended_at",
+    "status_code",
+    "talk_seconds",
+    "recording",
+)
+_JSON_SUMMARY = frozenset({"model", "ringing"})
+_TIME_SUMMARY = frozenset({"started_at", "answered_at", "ended_at"})
+_SQLITE_UPDATE_CALL = (
+    "UPDATE calls SET "
+    + ", ".join(f"{name} = ?" for name in (*_SUMMARY_COLUMNS, "updated_at"))
+    + " WHERE id = ?"
+)
+
+
+class _SqliteTransaction(IntakeTransaction):
+    """The intake's statements on the ``sqlite3`` connection itself (see the module docstring)."""
+
+    def __init__(self, connection: sqlite3.Connection, calls: CallCache | None = None) -> None:
+        super().__init__(calls)
+        self._db = connection
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        cursor = self._db.execute(sql, params)
+        try:
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
+    async def active_webhook_secrets(self, ids: Collection[int]) -> dict[int, str]:
+        """The stored (encrypted) webhook secret of each active enterprise among ``ids``."""
+        ids = list(ids)
+        rows = self._rows(
+            "SELECT id, webhook_secret_enc FROM enterprises WHERE active IS 1 AND id IN ("
+            + ",".join("?" * len(ids))
+            + ")",
+            ids,
+        )
+        return {row_id: secret for row_id, secret in rows if secret}
+
+    async def _insert_events(
+        self, entries: Sequence[InboxEntry], now: datetime
+    ) -> set[tuple[int, str, str]]:
+        stamp = _sqlite_time(now)
+        stored: set[tuple[int, str, str]] = set()
+        for chunk in _chunks(entries):
+            params: list[Any] = []
+            for enterprise_id, source, event in chunk:
+                params += (
+                    enterprise_id,
+                    source,
+                    event.event_id,
+                    event.call_id,
+                    event.name,
+                    _dumps(event_to_dict(event)),
+                    _sqlite_time(event.timestamp),
+                    stamp,
+                    stamp,
+                )
+            rows = self._rows(
+                f"INSERT INTO pbx_events ({_SQLITE_EVENT_COLUMNS}) VALUES "
+                + _placeholders(9, len(chunk))
+                + " ON CONFLICT (enterprise_id, source, event_id) DO NOTHING"
+                " RETURNING enterprise_id, source, event_id",
+                params,
+            )
+            stored.update((e, s, i) for e, s, i in rows)
+        return stored
+
+    async def _lock_calls(
+        self, keys: Sequence[CallKey], now: datetime
+    ) -> Iterable[tuple[int, int, str, str]]:
+        stamp = _sqlite_time(now)
+        result = []
+        for chunk in _chunks(keys):
+            params: list[Any] = []
+            for enterprise_id, linkedid in chunk:
+                params += (enterprise_id, linkedid, "{}", "{}", "new", "inbound", "", "", 0)
+                params += (stamp, stamp)
+            # SQLite holds the write lock (BEGIN IMMEDIATE): the upsert only creates the
+            # missing rows; the order of the keys matters on PostgreSQL.
+            rows = self._rows(
+                f"INSERT INTO calls ({_SQLITE_CALL_COLUMNS}) VALUES "
+                + _placeholders(11, len(chunk))
+                + " ON CONFLICT (enterprise_id, linkedid) DO UPDATE SET"
+                " updated_at = excluded.updated_at"
+                " RETURNING id, enterprise_id, linkedid, model",
+                params,
+            )
+            result += rows
+        return result
+
+    async def _update_calls(
+        self, summaries: Sequence[tuple[int, dict[str, Any]]], now: datetime
+    ) -> dict[int, str]:
+        stamp = _sqlite_time(now)
+        params = []
+        models: dict[int, str] = {}
+        for row_id, summary in summaries:
+            values: list[Any] = []
+            for name in _SUMMARY_COLUMNS:
+                value = summary[name]
+                if name in _JSON_SUMMARY:
+                    value = _dumps(value)
+                elif name in _TIME_SUMMARY:
+                    value = _sqlite_time(value)
+                values.append(value)
+            values += (stamp, row_id)
+            params.append(values)
+            models[row_id] = values[0]
+        self._db.executemany(_SQLITE_UPDATE_CALL, params).close()
+        return models
+
+    async def _job_statuses(self, ids: Collection[int]) -> dict[int, str]:
+        ids = list(ids)
+        rows = self._rows(
+            "SELECT id, status FROM jobs WHERE id IN (" + ",".join("?" * len(ids)) + ")", ids
+        )
+        return dict(rows)
+
+    async def _insert_jobs(
+        self, jobs: Sequence[NewJob], cancelled: Sequence[bool], now: datetime
+    ) -> list[int]:
+        stamp = _sqlite_time(now)
+        ids: list[int] = []
+        pairs = list(zip(jobs, cancelled, strict=True))
+        for chunk in _chunks(pairs):
+            params: list[Any] = []
+            for job, dead in chunk:
+                status, finished, last_error = _job_row(job, dead)
+                params += (
+                    job.kind,
+                    _dumps(dict(job.payload)),
+                    status,
+                    job.ordering_key,
+                    job.depends_on,
+                    stamp,
+                    DEFAULT_MAX_ATTEMPTS,
+                    job.integration_id,
+                    job.call_id,
+                    0,
+                    stamp,
+                    stamp,
+                    stamp if finished else None,
+                    last_error,
+                )
+            # One multi-row INSERT allocates its rowids in the VALUES order (the transaction
+            # holds the write lock), so its ids, sorted, are in the jobs' order.
+            rows = self._rows(
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES "
+                + _placeholders(14, len(chunk))
+                + " RETURNING id",
+                params,
+            )
+            ids += sorted(row_id for (row_id,) in rows)
+        return ids
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+_PG_SECRETS = (
+    "SELECT id, webhook_secret_enc FROM enterprises WHERE active IS true AND id = ANY($1::bigint[])"
+)
+_PG_INSERT_EVENTS = """
+INSERT INTO pbx_events (enterprise_id, source, event_id, linkedid, kind, payload, occurred_at,
+                        received_at, handled_at)
+SELECT e, s, i, l, k, p::jsonb, o, $7::timestamptz, $7::timestamptz
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $8::timestamptz[]) AS t(e, s, i, l, k, p, o)
+ON CONFLICT (enterprise_id, source, event_id) DO NOTHING
+RETURNING enterprise_id, source, event_id
+"""
+# ORDER BY the keys' position: the rows are locked in that order (no deadlocks between groups).
+_PG_LOCK_CALLS = """
+INSERT INTO calls (enterprise_id, linkedid, model, ringing, state, direction, external_number,
+                   line_number, talk_seconds, created_at, updated_at)
+SELECT e, l, '{}'::jsonb, '{}'::jsonb, 'new', 'inbound', '', '', 0, $3::timestamptz, $3::timestamptz
+FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS t(e, l, n)
+ORDER BY n
+ON CONFLICT (enterprise_id, linkedid) DO UPDATE SET updated_at = excluded.updated_at
+RETURNING id, enterprise_id, linkedid, model::text
+"""
+_PG_UPDATE_CALLS = """
+UPDATE calls SET model = t.model::jsonb, state = t.state, direction = t.direction,
+    external_number = t.external_number, line_number = t.line_number,
+    ringing = t.ringing::jsonb, answered_by = t.answered_by,
+    bitrix24_call_id = t.bitrix24_call_id, crm_entity_type = t.crm_entity_type,
+    crm_entity_id = t.crm_entity_id, started_at = t.started_at, answered_at = t.answered_at,
+    ended_at = t.ended_at, status_code = t.status_code, talk_seconds = t.talk_seconds,
+    recording = t.recording, updated_at = $18::timestamptz
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::text[], $11::integer[],
+            $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::text[],
+            $16::integer[], $17::text[])
+    AS t(id, model, state, direction, external_number, line_number, ringing, answered_by,
+         bitrix24_call_id, crm_entity_type, crm_entity_id, started_at, answered_at, ended_at,
+         status_code, talk_seconds, recording)
+WHERE calls.id = t.id
+RETURNING calls.id, calls.model::text
+"""
+# Rows are inserted in the parameters' order (ORDER BY n), so their ids ascend in it.
+_PG_INSERT_JOBS = f"""
+INSERT INTO jobs ({_JOB_COLUMNS})
+SELECT k, p::jsonb, s, o, d, $9::timestamptz, {DEFAULT_MAX_ATTEMPTS}, i, c, 0,
+       $9::timestamptz, $9::timestamptz, CASE WHEN s = '{_CANCELLED}' THEN $9::timestamptz END, err
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+            $7::bigint[], $8::text[]) WITH ORDINALITY AS t(k, p, s, o, d, i, c, err, n)
+ORDER BY n
+RETURNING id
+"""
+
+
+class _PostgresTransaction(IntakeTransaction):
+    """The intake's statements on the asyncpg connection itself (see the module docstring)."""
+
+    def __init__(self, connection: Any, calls: CallCache | None = None) -> None:
+        super().__init__(calls)
+        self._db = connection
+
+    async def active_webhook_secrets(self, ids: Collection[int]) -> dict[int, str]:
+        """The stored (encrypted) webhook secret of each active enterprise among ``ids``."""
+        rows = await self._db.fetch(_PG_SECRETS, list(ids))
+        return {row[0]: row[1] for row in rows if row[1]}
+
+    async def _insert_events(
+        self, entries: Sequence[InboxEntry], now: datetime
+    ) -> set[tuple[int, str, str]]:
+        columns: list[list[Any]] = [[], [], [], [], [], [], []]
+        for enterprise_id, source, event in entries:
+            columns[0].append(enterprise_id)
+            columns[1].append(source)
+            columns[2].append(event.event_id)
+            columns[3].append(event.call_id)
+            columns[4].append(event.name)
+            columns[5].append(_dumps(event_to_dict(event)))
+            columns[6].append(event.timestamp)
+        rows = await self._db.fetch(_PG_INSERT_EVENTS, *columns[:6], now, columns[6])
+        return {(row[0], row[1], row[2]) for row in rows}
+
+    async def _lock_calls(
+        self, keys: Sequence[CallKey], now: datetime
+    ) -> Iterable[tuple[int, int, str, str]]:
+        rows = await self._db.fetch(
+            _PG_LOCK_CALLS, [key[0] for key in keys], [key[1] for key in keys], now
+        )
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+    async def _update_calls(
+        self, summaries: Sequence[tuple[int, dict[str, Any]]], now: datetime
+    ) -> dict[int, str]:
+        columns: list[list[Any]] = [[] for _ in range(len(_SUMMARY_COLUMNS) + 1)]
+        for row_id, summary in summaries:
+            columns[0].append(row_id)
+            for index, name in enumerate(_SUMMARY_COLUMNS, start=1):
+                value = summary[name]
+                columns[index].append(_dumps(value) if name in _JSON_SUMMARY else value)
+        # jsonb keeps its own spelling of the document: the text to remember is its.
+        return {row[0]: row[1] for row in await self._db.fetch(_PG_UPDATE_CALLS, *columns, now)}
+
+    async def _job_statuses(self, ids: Collection[int]) -> dict[int, str]:
+        rows = await self._db.fetch(
+            "SELECT id, status FROM jobs WHERE id = ANY($1::bigint[])", list(ids)
+        )
+        return {row[0]: row[1] for row in rows}
+
+    async def _insert_jobs(
+        self, jobs: Sequence[NewJob], cancelled: Sequence[bool], now: datetime
+    ) -> list[int]:
+        columns: list[list[Any]] = [[] for _ in range(8)]
+        for job, dead in zip(jobs, cancelled, strict=True):
+            status, _, last_error = _job_row(job, dead)
+            columns[0].append(job.kind)
+            columns[1].append(_dumps(dict(job.payload)))
+            columns[2].append(status)
+            columns[3].append(job.ordering_key)
+            columns[4].append(job.depends_on)
+            columns[5].append(job.integration_id)
+            columns[6].append(job.call_id)
+            columns[7].append(last_error)
+        rows = await self._db.fetch(_PG_INSERT_JOBS, *columns, now)
+        return sorted(row[0] for row in rows)
+
+
+# -- the transaction ---------------------------------------------------------------------------
+
+
+class IntakeStore:
+    """The intake's write transactions on one engine.
+
+    On PostgreSQL the connection is kept between transactions that follow each other within
+    ``keep_seconds``: the pool's pre-ping costs three round trips a checkout, more than a
+    group's statements. It goes back to the pool when it has been idle that long (at the next
+    transaction, or :meth:`release_if_idle`), on :meth:`release`, and at the first error. A
+    connection idle for less than ``keep_seconds`` is as good as a pinged one. SQLite's one
+    pooled connection goes back after every transaction: other sessions of the process wait
+    for it.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        keep_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.keep_seconds = keep_seconds
+        self._clock = clock
+        self._postgres = engine.dialect.name == "postgresql"
+        self._held: AsyncConnection | None = None
+        self._last_used = 0.0
+        #: The calls committed by this store's transactions, decoded.
+        self.calls = CallCache()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[IntakeTransaction]:
+        """A write transaction, committed when the block ends without error; else rolled back.
+
+        A database or connection that fails raises
+        :class:`~callbridge.domain.errors.StorageError`, and the connection is discarded;
+        anything else propagates as raised.
+        """
+        try:
+            connection, transaction = await self._begin()
+            keep = False
+            try:
+                async with self._ending(connection, transaction):
+                    yield transaction
+                keep = self._postgres
+            finally:
+                if keep:
+                    self._held, self._last_used = connection, self._clock()
+                else:
+                    await connection.close()
+        except _UNAVAILABLE as err:
+            raise StorageError("the database is unavailable; try again later") from err
+
+    async def release(self) -> None:
+        """Give the kept connection back to the pool."""
+        held, self._held = self._held, None
+        if held is not None:
+            await held.close()
+
+    async def release_if_idle(self) -> None:
+        """Give the kept connection back if it has been idle for ``keep_seconds``."""
+        idle = self.idle_seconds()
+        if idle is not None and idle >= self.keep_seconds:
+            await self.release()
+
+    def idle_seconds(self) -> float | None:
+        """How long the kept connection has been idle; None when none is kept."""
+        return None if self._held is None else self._clock() - self._last_used
+
+    async def _begin(self) -> tuple[AsyncConnection, IntakeTransaction]:
+        await self.release_if_idle()
+        held, self._held = self._held, None
+        if held is not None:
+            try:
+                return held, await self._begin_on(held)
+            except _UNAVAILABLE:
+                # Lost while kept (say, the server restarted): nothing was sent, so a
+                # connection from the pool (pinged) may begin instead.
+                await held.close()
+            except BaseException:
+                await held.close()
+                raise
+        connection = await self.engine.connect().start()
+        try:
+            return connection, await self._begin_on(connection)
+        except BaseException:
+            await connection.close()
+            raise
+
+    async def _begin_on(self, connection: AsyncConnection) -> IntakeTransaction:
+        raw = await connection.get_raw_connection()
+        driver: Any = raw.driver_connection
+        try:
+            if self._postgres:
+                # SQLAlchemy's asyncpg adapter begins on its own first statement, and none
+                # runs through it: this is the connection's only transaction.
+                await driver.execute("BEGIN")
+                return _PostgresTransaction(driver, self.calls)
+            await driver.begin_immediate()
+            return _SqliteTransaction(driver.sqlite, self.calls)
+        except BaseException as err:
+            # Cancelled, say, while BEGIN waited: it may still begin. aiosqlite's thread runs
+            # a rollback after it; an asyncpg connection is in an unknown state.
+            if isinstance(err, _UNAVAILABLE) or self._postgres or not await _rolled_back(driver):
+                await connection.invalidate()
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _ending(
+        self, connection: AsyncConnection, transaction: IntakeTransaction
+    ) -> AsyncIterator[None]:
+        raw = await connection.get_raw_connection()
+        driver: Any = raw.driver_connection
+        try:
+            yield
+            if self._postgres:
+                # The NOTIFY goes with the COMMIT: one round trip, delivered on commit.
+                await driver.execute(
+                    f"NOTIFY {NOTIFY_CHANNEL}; COMMIT" if transaction.jobs_queued else "COMMIT"
+                )
+            else:
+                # On the driver's thread: a commit may checkpoint the WAL, and fsync.
+                await driver.commit()
+            transaction.committed()
+        except BaseException as err:
+            if isinstance(err, _UNAVAILABLE) or not await _rolled_back(driver):
+                # Broken mid-transaction, or in an unknown state: never hand it out again.
+                await connection.invalidate()
+            raise
+
+
+async def _rolled_back(driver: Any) -> bool:
+    try:
+        if isinstance(driver, asyncpg.Connection):
+            if not driver.is_closed() and driver.is_in_transaction():
+                await driver.execute("ROLLBACK")
+        else:
+            await driver.rollback()
+    except Exception:  # noqa: BLE001 - the caller discards the connection
+        return False
+    return True

@@ -1,0 +1,383 @@
+"""The intake's plain-SQL ports write what the SQLAlchemy ports write (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from callbridge.domain.errors import JobNotFoundError
+from callbridge.domain.events import (
+    Answered,
+    CallStarted,
+    Direction,
+    Disposition,
+    Ended,
+    Event,
+    Ringing,
+)
+from callbridge.domain.ports import NewJob
+from callbridge.services.call_tracking import EventGroup, Outcome, track_event_groups
+from callbridge.storage.call_tracking import SqlRoutingSource, call_tracking_ports
+from callbridge.storage.db import create_engine, create_session_factory
+from callbridge.storage.intake_sql import IntakeStore, PreloadedRouting
+from callbridge.storage.job_queue import JobQueue
+from tests.callbridge.services.test_call_tracking import BOX, Tenant, make_tenant
+
+T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+# SQLAlchemy's storage format for DateTime on SQLite, which the claim queries compare as text.
+SQLITE_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
+
+
+def answered_call(linkedid: str) -> list[Event]:
+    common: dict[str, Any] = {"call_id": linkedid, "timestamp": T0}
+    return [
+        CallStarted(
+            **common,
+            event_id=f"{linkedid}:1",
+            direction=Direction.INBOUND,
+            external_number="84951234567",
+            line="4951110101",
+        ),
+        Ringing(**common, event_id=f"{linkedid}:2", extensions=frozenset({"101", "102"})),
+        Answered(
+            call_id=linkedid,
+            event_id=f"{linkedid}:3",
+            timestamp=T0 + timedelta(seconds=5),
+            extension="102",
+        ),
+        Ended(
+            call_id=linkedid,
+            event_id=f"{linkedid}:4",
+            timestamp=T0 + timedelta(seconds=47, microseconds=250),
+            disposition=Disposition.ANSWERED,
+            talk_seconds=42,
+        ),
+    ]
+
+
+def missed_call(linkedid: str) -> list[Event]:
+    # A missed inbound call also queues a notification that depends on the call's finish.
+    started, ringing, _, _ = answered_call(linkedid)
+    ended = Ended(
+        call_id=linkedid,
+        event_id=f"{linkedid}:4",
+        timestamp=T0 + timedelta(seconds=20),
+        disposition=Disposition.NO_ANSWER,
+    )
+    return [started, ringing, ended]
+
+
+@pytest.fixture
+async def engine(fresh_database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(fresh_database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_session_factory(engine)
+
+
+async def tenants(factory: async_sessionmaker[AsyncSession], count: int) -> list[Tenant]:
+    async with factory() as session, session.begin():
+        return [await make_tenant(session) for _ in range(count)]
+
+
+async def through_sqlalchemy(
+    factory: async_sessionmaker[AsyncSession], tenant: Tenant, events: Sequence[Event]
+) -> list[Outcome]:
+    async with factory() as session, session.begin():
+        ports = call_tracking_ports(session, BOX)
+        (outcomes,) = await track_event_groups(ports, [EventGroup(tenant.enterprise_id, events)])
+    return outcomes
+
+
+async def through_intake(
+    store: IntakeStore,
+    factory: async_sessionmaker[AsyncSession],
+    tenant: Tenant,
+    events: Sequence[Event],
+) -> list[Outcome]:
+    async with factory() as session:
+        routing = await SqlRoutingSource(session, BOX).for_enterprise(tenant.enterprise_id)
+    async with store.transaction() as transaction:
+        ports = transaction.ports(PreloadedRouting({tenant.enterprise_id: routing}))
+        (outcomes,) = await track_event_groups(ports, [EventGroup(tenant.enterprise_id, events)])
+    return outcomes
+
+
+async def apply_then_fail(
+    store: IntakeStore,
+    factory: async_sessionmaker[AsyncSession],
+    tenant: Tenant,
+    events: Sequence[Event],
+) -> None:
+    async with factory() as session:
+        routing = await SqlRoutingSource(session, BOX).for_enterprise(tenant.enterprise_id)
+    async with store.transaction() as transaction:
+        ports = transaction.ports(PreloadedRouting({tenant.enterprise_id: routing}))
+        await track_event_groups(ports, [EventGroup(tenant.enterprise_id, events)])
+        raise RuntimeError("after applying")
+
+
+async def stored(engine: AsyncEngine, tenant: Tenant) -> dict[str, list[dict[str, Any]]]:
+    """Every row the tenant's events made, with its own ids and the clock's times masked."""
+    assert tenant.integration_id is not None
+    async with engine.connect() as connection:
+        calls = (
+            await connection.execute(
+                text("SELECT * FROM calls WHERE enterprise_id = :e ORDER BY linkedid"),
+                {"e": tenant.enterprise_id},
+            )
+        ).mappings()
+        calls_rows = [dict(row) for row in calls]
+        ids = {row["id"]: f"call-{index}" for index, row in enumerate(calls_rows)}
+        events = (
+            await connection.execute(
+                text("SELECT * FROM pbx_events WHERE enterprise_id = :e ORDER BY event_id"),
+                {"e": tenant.enterprise_id},
+            )
+        ).mappings()
+        jobs = (
+            await connection.execute(
+                text(
+                    "SELECT jobs.* FROM jobs JOIN calls ON calls.id = jobs.call_id "
+                    "WHERE calls.enterprise_id = :e ORDER BY jobs.id"
+                ),
+                {"e": tenant.enterprise_id},
+            )
+        ).mappings()
+        jobs_rows = [dict(row) for row in jobs]
+    job_ids = {row["id"]: f"job-{index}" for index, row in enumerate(jobs_rows)}
+    enterprise = {tenant.enterprise_id: "enterprise"}
+    integration = {tenant.integration_id: "integration"}
+    clock = {"created_at", "updated_at", "received_at", "handled_at", "run_after", "finished_at"}
+
+    def mask(table: str, row: dict[str, Any]) -> dict[str, Any]:
+        masked: dict[str, Any] = {}
+        for name, value in row.items():
+            if name in clock and value is not None:
+                if isinstance(value, str):
+                    assert SQLITE_TIME.fullmatch(value), (table, name, value)
+                value = "<now>"
+            elif name == "id":
+                value = None
+            elif name in ("call_id", "depends_on") and table == "jobs":
+                value = (
+                    ids.get(value, job_ids.get(value)) if name == "call_id" else job_ids.get(value)
+                )
+            elif name == "ordering_key" and value is not None:
+                value = ids[int(value.removeprefix("call:"))]
+            elif name == "enterprise_id":
+                value = enterprise.get(value, value)
+            elif name == "integration_id":
+                value = integration.get(value, value)
+            elif name == "payload" and table == "jobs":
+                value = _masked_payload(value, ids, enterprise)
+            elif name in ("model", "ringing", "payload", "result"):
+                # The same document; SQLite keeps the text, which may be spelled differently.
+                value = _decoded(value)
+            masked[name] = value
+        return masked
+
+    return {
+        "calls": [mask("calls", row) for row in calls_rows],
+        "pbx_events": [mask("pbx_events", dict(row)) for row in events],
+        "jobs": [mask("jobs", row) for row in jobs_rows],
+    }
+
+
+def _masked_payload(value: Any, ids: dict[int, str], enterprise: dict[int, str]) -> Any:
+    payload = dict(_decoded(value))
+    payload["call_id"] = ids.get(payload.get("call_id"), payload.get("call_id"))
+    payload["enterprise_id"] = enterprise.get(payload["enterprise_id"], payload["enterprise_id"])
+    return payload
+
+
+def _decoded(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+class TestSameRowsAsTheOrmPorts:
+    async def test_calls_events_and_jobs_are_written_alike(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        orm, plain = await tenants(factory, 2)
+        events = [*answered_call("L1"), *missed_call("L2")]
+        store = IntakeStore(engine)
+        try:
+            expected = await through_sqlalchemy(factory, orm, events)
+            assert await through_intake(store, factory, plain, events) == expected
+            # Repeats are duplicates on both, and change nothing.
+            assert (
+                await through_intake(store, factory, plain, events[:2]) == [Outcome.DUPLICATE] * 2
+            )
+        finally:
+            await store.release()
+        want, got = await stored(engine, orm), await stored(engine, plain)
+        assert len(want["calls"]) == 2
+        assert len(want["pbx_events"]) == 7
+        # The missed call's notification waits for its finish.
+        assert any(job["depends_on"] is not None for job in want["jobs"])
+        assert got == want
+
+    async def test_a_call_saved_by_one_is_read_by_the_other(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        (tenant,) = await tenants(factory, 1)
+        first, second, third, fourth = answered_call("L1")
+        store = IntakeStore(engine)
+        try:
+            await through_intake(store, factory, tenant, [first])
+            await through_sqlalchemy(factory, tenant, [second])
+            await through_intake(store, factory, tenant, [third, fourth])
+        finally:
+            await store.release()
+        (other,) = await tenants(factory, 1)
+        await through_sqlalchemy(factory, other, answered_call("L1"))
+        mine, theirs = await stored(engine, tenant), await stored(engine, other)
+        assert mine["calls"] == theirs["calls"]
+        assert [job["payload"] for job in mine["jobs"]] == [
+            job["payload"] for job in theirs["jobs"]
+        ]
+
+
+class TestJobs:
+    async def test_ids_ascend_in_the_order_given_and_dependencies_are_checked(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        async with factory() as session, session.begin():
+            cancelled = await JobQueue().enqueue(session, "k", {})
+            await JobQueue().cancel_job(session, cancelled.id)
+        store = IntakeStore(engine)
+        try:
+            async with store.transaction() as transaction:
+                ids = await transaction.enqueue_many(
+                    [NewJob("k", {"n": n}, ordering_key="key") for n in range(600)]
+                )
+                later = await transaction.enqueue_many(
+                    [NewJob("after", depends_on=ids[0]), NewJob("dead", depends_on=cancelled.id)]
+                )
+            with pytest.raises(JobNotFoundError):
+                async with store.transaction() as transaction:
+                    await transaction.enqueue_many([NewJob("k", depends_on=10**9)])
+        finally:
+            await store.release()
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 600
+        async with engine.connect() as connection:
+            rows = (
+                await connection.execute(text("SELECT id, kind, payload, status FROM jobs"))
+            ).all()
+        by_id = {row.id: row for row in rows}
+        assert [_decoded(by_id[job_id].payload)["n"] for job_id in ids] == list(range(600))
+        assert [by_id[job_id].status for job_id in later] == ["queued", "cancelled"]
+        # The failed transaction left nothing.
+        assert len(rows) == 1 + 600 + 2
+
+
+class TestCallCache:
+    async def test_a_committed_call_is_not_decoded_again(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        (tenant,) = await tenants(factory, 1)
+        first, second, _, _ = answered_call("L1")
+        key = (tenant.enterprise_id, "L1")
+        store = IntakeStore(engine)
+        try:
+            await through_intake(store, factory, tenant, [first])
+            async with store.transaction() as transaction:
+                (_, kept) = (await transaction.get_many([key]))[key]
+            async with store.transaction() as transaction:
+                (_, again) = (await transaction.get_many([key]))[key]
+            assert kept is not None
+            assert again is kept
+            # Written by another path meanwhile: decoded from what is stored.
+            await through_sqlalchemy(factory, tenant, [second])
+            async with store.transaction() as transaction:
+                (_, fresh) = (await transaction.get_many([key]))[key]
+            assert fresh is not kept
+            assert fresh is not None
+            assert fresh.to_dict() != kept.to_dict()
+        finally:
+            await store.release()
+
+    async def test_a_failed_transaction_leaves_no_trace(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        (tenant,) = await tenants(factory, 1)
+        started, ringing, answered, ended = answered_call("L1")
+        store = IntakeStore(engine)
+        try:
+            await through_intake(store, factory, tenant, [started, ringing])
+            # The end is applied to the call (it is over, in memory), then the transaction fails.
+            with pytest.raises(RuntimeError, match="after applying"):
+                await apply_then_fail(store, factory, tenant, [ended])
+            outcomes = await through_intake(store, factory, tenant, [answered, ended])
+            assert outcomes == [Outcome.ACCEPTED] * 2
+        finally:
+            await store.release()
+        (other,) = await tenants(factory, 1)
+        await through_sqlalchemy(factory, other, answered_call("L1"))
+        mine, theirs = await stored(engine, tenant), await stored(engine, other)
+        assert mine["calls"] == theirs["calls"]
+        assert [job["payload"] for job in mine["jobs"]] == [
+            job["payload"] for job in theirs["jobs"]
+        ]
+
+
+class TestConnection:
+    async def test_postgres_keeps_its_connection_between_close_transactions(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        (tenant,) = await tenants(factory, 1)
+        now = [100.0]
+        store = IntakeStore(engine, keep_seconds=1.0, clock=lambda: now[0])
+        postgres = engine.dialect.name == "postgresql"
+        try:
+            await through_intake(store, factory, tenant, answered_call("L1")[:1])
+            # SQLite's one connection goes back at once: other sessions wait for it.
+            assert engine.sync_engine.pool.checkedout() == (1 if postgres else 0)
+            now[0] += 0.5
+            await store.release_if_idle()
+            await through_intake(store, factory, tenant, answered_call("L2")[:1])
+            assert engine.sync_engine.pool.checkedout() == (1 if postgres else 0)
+            now[0] += 1.0
+            await store.release_if_idle()
+            assert store.idle_seconds() is None
+            assert engine.sync_engine.pool.checkedout() == 0
+        finally:
+            await store.release()
+
+    async def test_a_kept_connection_lost_meanwhile_is_replaced(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        if engine.dialect.name != "postgresql":
+            pytest.skip("only PostgreSQL connections are kept")
+        (tenant,) = await tenants(factory, 1)
+        store = IntakeStore(engine)
+        try:
+            await through_intake(store, factory, tenant, answered_call("L1")[:1])
+            assert store.idle_seconds() is not None
+            async with engine.connect() as killer:
+                killed = await killer.scalars(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+                assert any(killed.all())
+            outcomes = await through_intake(store, factory, tenant, answered_call("L2")[:1])
+            assert outcomes == [Outcome.ACCEPTED]
+        finally:
+            await store.release()

@@ -252,6 +252,15 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a scaled-down run")
     parser.add_argument("--database-url", default="", help="default: a fresh SQLite file")
+    parser.add_argument(
+        "--part",
+        choices=["all", "storm", "latency", "sustained"],
+        default="all",
+        help="run only this part (default: all three)",
+    )
+    parser.add_argument(
+        "--seconds", type=int, default=0, help="part 2: seconds at 1 call/s (default: 60, quick 10)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -266,21 +275,21 @@ async def main() -> None:
             await migrate.upgrade(url)
             return url
 
-        if args.quick:
-            await storm(await fresh(), tmp, 100, 12)
-            await latency(await fresh(), tmp, 10)
-            await latency(await fresh(), tmp, 5, per_second=20)
-            print("3. sustained: backlog of 2,500 calls (5,000 commands), 25 s each mode")
-            batched = await sustained(await fresh(), tmp, 2500, 25, True)
-            unbatched = await sustained(await fresh(), tmp, 2500, 25, False)
-        else:
-            await storm(await fresh(), tmp, 500, 60)
-            await latency(await fresh(), tmp, 60)
-            await latency(await fresh(), tmp, 15, per_second=20)
-            print("3. sustained: backlog of 3,000 calls (6,000 commands), 45 s each mode")
-            batched = await sustained(await fresh(), tmp, 3000, 45, True)
-            unbatched = await sustained(await fresh(), tmp, 3000, 45, False)
-        print(f"   ratio: {batched / unbatched if unbatched else float('inf'):.0f}")
+        quick = args.quick
+        if args.part in ("all", "storm"):
+            await storm(await fresh(), tmp, *((100, 12) if quick else (500, 60)))
+        if args.part in ("all", "latency"):
+            await latency(await fresh(), tmp, args.seconds or (10 if quick else 60))
+            await latency(await fresh(), tmp, 5 if quick else 15, per_second=20)
+        if args.part in ("all", "sustained"):
+            calls, seconds = (2500, 25) if quick else (3000, 45)
+            print(
+                f"3. sustained: backlog of {calls:,} calls ({2 * calls:,} commands), "
+                f"{seconds} s each mode"
+            )
+            batched = await sustained(await fresh(), tmp, calls, seconds, True)
+            unbatched = await sustained(await fresh(), tmp, calls, seconds, False)
+            print(f"   ratio: {batched / unbatched if unbatched else float('inf'):.0f}")
 
 
 if __name__ == "__main__":

@@ -160,15 +160,17 @@ async def environment(
     portal_mounts: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
     settings_overrides: Mapping[str, Any] | None = None,
+    poll_interval: float = 0.05,
 ) -> AsyncIterator[Env]:
     """The harness of the client tests, with the PBX webhook and routing routes mounted too.
 
     ``portal_mounts`` give the portal other hosts to reach (e.g. a PBX serving ``RECORD_URL``s);
     ``wrap_transport`` wraps the transport callbridge reaches the portal through (to lose an
-    answer, say); ``settings_overrides`` change callbridge's settings.
+    answer, say); ``settings_overrides`` change callbridge's settings; ``poll_interval`` is the
+    dispatcher's (short, so that tests see retries soon; benchmarks pass the default).
     """
     settings = callbridge_settings(
-        database_url, var_dir, worker_poll_interval_seconds=0.05, **dict(settings_overrides or {})
+        database_url, var_dir, worker_poll_interval_seconds=poll_interval, **dict(settings_overrides or {})
     )
     engine = create_engine(database_url)
     session_factory = create_session_factory(engine)
@@ -209,7 +211,7 @@ async def environment(
         api_log,
     )
     dispatcher = Dispatcher(
-        settings, session_factory, portals=portals, poll_interval=0.05, batching=batching
+        settings, session_factory, portals=portals, poll_interval=poll_interval, batching=batching
     )
     task: asyncio.Task[None] | None = None
     try:

@@ -78,6 +78,12 @@ class DispatchRepository:
         """The integration row (read afresh: another process may have changed its status)."""
         return await self.session.get(Bitrix24Integration, integration_id, populate_existing=True)
 
+    async def integration_status(self, integration_id: int) -> str | None:
+        """The integration's status, read afresh (None if it is gone)."""
+        return await self.session.scalar(
+            select(Bitrix24Integration.status).where(Bitrix24Integration.id == integration_id)
+        )
+
     async def call_context(self, call_row_ids: Collection[int]) -> CallContext:
         """The known ``CALL_ID`` of each leg (by calls.id, leg) and the enterprise numbers."""
         if not call_row_ids:

@@ -74,8 +74,9 @@ from typing import Any, Final
 
 import httpx
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_session, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.util import await_
 
 from callbridge.config import Settings
 from callbridge.crm.bitrix24.auth import Credentials
@@ -113,7 +114,14 @@ from callbridge.storage.dispatch import CallContext, DispatchRepository, LegUpda
 from callbridge.storage.job_queue import ClaimedJob, JobQueue, list_jobs, listen_for_jobs
 from callbridge.storage.models import Bitrix24Integration, IntegrationStatus, Job
 from callbridge.storage.repositories.calls import CallRepository
-from callbridge.worker.dispatch_policy import BucketMirror, Decision, Held, Tuning, decide
+from callbridge.worker.dispatch_policy import (
+    BucketMirror,
+    Decision,
+    Held,
+    Tuning,
+    decide,
+    is_critical,
+)
 from callbridge.worker.recordings import (
     RecordingError,
     RecordingMissingError,
@@ -204,6 +212,8 @@ class _Lane:
     task: asyncio.Task[None] | None = None
     #: Set when work was seen while the lane ran: it claims again before deciding.
     kick: bool = False
+    #: The integration as last read (a claim, or a hand-off that found it active).
+    row: Bitrix24Integration | None = None
     event: asyncio.Event = field(default_factory=asyncio.Event)
     paused_until: float = 0.0  # time.monotonic()
     failures: int = 0
@@ -242,11 +252,29 @@ class _Prepaid:
         await self._limiter.penalise(key, plan)
 
 
+@dataclass(frozen=True)
+class _HandOff:
+    """Jobs claimed for a lane inside the transaction that enqueued them."""
+
+    integration_id: int
+    row: Bitrix24Integration
+    jobs: list[ClaimedJob]
+    context: CallContext
+
+
 # --- in-process wake-ups --------------------------------------------------------------------------
 
 _ENQUEUED_KEY = "callbridge.dispatcher.enqueued"
+_HANDED_KEY = "callbridge.dispatcher.handed"
+#: Portals for which the transaction enqueued a register or show (worth a hand-off).
+_CRITICAL_KEY = "callbridge.dispatcher.critical"
 _listening: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 _hooked = False
+
+
+def _critical(payload: Any) -> bool:
+    command = payload.get("command") if isinstance(payload, Mapping) else None
+    return isinstance(command, Mapping) and is_critical(command.get("kind"))
 
 
 def _after_flush(session: Session, _context: Any) -> None:
@@ -255,6 +283,8 @@ def _after_flush(session: Session, _context: Any) -> None:
         if isinstance(obj, Job) and obj.kind == DISPATCHER_KIND:
             portals: set[int | None] = session.info.setdefault(_ENQUEUED_KEY, set())
             portals.add(obj.integration_id)
+            if _critical(obj.payload):
+                session.info.setdefault(_CRITICAL_KEY, set()).add(obj.integration_id)
 
 
 def _on_execute(state: ORMExecuteState) -> None:
@@ -270,21 +300,55 @@ def _on_execute(state: ORMExecuteState) -> None:
         rows = [params]
     elif isinstance(params, Sequence):
         rows = list(params)
-    ids = {row.get("integration_id") for row in rows if row.get("kind") == DISPATCHER_KIND}
-    if ids:
+    ours = [row for row in rows if row.get("kind") == DISPATCHER_KIND]
+    if ours:
         portals: set[int | None] = state.session.info.setdefault(_ENQUEUED_KEY, set())
-        portals |= ids
+        portals |= {row.get("integration_id") for row in ours}
+        critical = {row.get("integration_id") for row in ours if _critical(row.get("payload"))}
+        if critical:
+            state.session.info.setdefault(_CRITICAL_KEY, set()).update(critical)
+
+
+def _before_commit(session: Session) -> None:
+    # Claim the commands this transaction enqueued in it, for a dispatcher of this process:
+    # the lane then sends a ringing call's register right after the commit, with no claim
+    # transaction (and no wait for the database connection) in between.
+    portals: set[int | None] | None = session.info.pop(_CRITICAL_KEY, None)
+    if not portals or _HANDED_KEY in session.info:
+        return
+    proxy = async_session(session)
+    if proxy is None:
+        return
+    for dispatcher in list(_listening):
+        if isinstance(dispatcher, Dispatcher):
+            handed = dispatcher.claim_before_commit(proxy, portals)
+            if handed:
+                session.info[_HANDED_KEY] = (dispatcher, handed)
+                return
 
 
 def _after_commit(session: Session) -> None:
     portals: set[int | None] | None = session.info.pop(_ENQUEUED_KEY, None)
+    session.info.pop(_CRITICAL_KEY, None)
+    handed: tuple[Dispatcher, list[_HandOff]] | None = session.info.pop(_HANDED_KEY, None)
+    if handed is not None:
+        receiver, hand_offs = handed
+        receiver.receive(hand_offs)
     if portals:
         for dispatcher in list(_listening):
+            if handed is not None and dispatcher is handed[0]:
+                # Handed-off portals need no look-up; the others (if any) still do.
+                rest = portals - {h.integration_id for h in handed[1]}
+                if rest:
+                    dispatcher.wake_threadsafe(rest)
+                continue
             dispatcher.wake_threadsafe(portals)
 
 
 def _after_rollback(session: Session) -> None:
-    session.info.pop(_ENQUEUED_KEY, None)
+    # The hand-off's claims were rolled back with the rest.
+    for key in (_ENQUEUED_KEY, _CRITICAL_KEY, _HANDED_KEY):
+        session.info.pop(key, None)
 
 
 def _hook_commits() -> None:
@@ -294,6 +358,7 @@ def _hook_commits() -> None:
         return
     event.listen(Session, "after_flush", _after_flush)
     event.listen(Session, "do_orm_execute", _on_execute)
+    event.listen(Session, "before_commit", _before_commit)
     event.listen(Session, "after_commit", _after_commit)
     event.listen(Session, "after_rollback", _after_rollback)
     _hooked = True
@@ -403,6 +468,69 @@ class Dispatcher:
         else:
             loop.call_soon_threadsafe(self.nudge, ids)
 
+    def claim_before_commit(
+        self, session: AsyncSession, integration_ids: Iterable[int | None]
+    ) -> list[_HandOff]:
+        """Claim these portals' ready commands in ``session``'s transaction, about to commit.
+
+        Called from the commit hook (synchronous, inside SQLAlchemy's greenlet); what it claims
+        is handed to the lanes by :meth:`receive` once the transaction commits, and is rolled
+        back with it otherwise. Portals whose lane cannot take work now are left to the usual
+        wake-up. A failure claims nothing: the commit goes on and the lane claims as usual.
+        """
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return []
+        if running is not self._loop or self._stopping:
+            return []
+        now = time.monotonic()
+        wanted: list[tuple[int, _Lane]] = []
+        for integration_id in sorted(i for i in integration_ids if i):
+            lane = self._lanes.get(integration_id)
+            if lane is None or lane.row is None or lane.reauth or lane.paused_until > now:
+                continue
+            if 2 * self._tuning(lane).max_batch - len(lane.held) > 0:
+                wanted.append((integration_id, lane))
+        if not wanted:
+            return []
+        try:
+            return await_(self._claim_for_hand_off(session, wanted))
+        except Exception:
+            logger.exception("dispatcher: cannot claim in the enqueuing transaction")
+            return []
+
+    async def _claim_for_hand_off(
+        self, session: AsyncSession, lanes: Sequence[tuple[int, _Lane]]
+    ) -> list[_HandOff]:
+        repo = DispatchRepository(session)
+        handed: list[_HandOff] = []
+        for integration_id, lane in lanes:
+            assert lane.row is not None
+            if await repo.integration_status(integration_id) != IntegrationStatus.ACTIVE.value:
+                continue
+            jobs = await self.queue.claim_chains(
+                session,
+                self.name,
+                limit=2 * self._tuning(lane).max_batch - len(lane.held),
+                kinds=[DISPATCHER_KIND],
+                integration_id=integration_id,
+                holding=list(lane.held),
+            )
+            if jobs:
+                context = await repo.call_context({j.call_id for j in jobs if j.call_id})
+                handed.append(_HandOff(integration_id, lane.row, jobs, context))
+        return handed
+
+    def receive(self, hand_offs: Sequence[_HandOff]) -> None:
+        """Hold jobs claimed for us in a transaction that has just committed; run their lanes."""
+        started: list[int] = []
+        for hand_off in hand_offs:
+            lane = self._lanes.setdefault(hand_off.integration_id, _Lane())
+            self._hold(lane, hand_off.jobs, hand_off.context)
+            started.append(hand_off.integration_id)
+        self._start_lanes(started, claim=False)
+
     async def run(self) -> None:
         """Dispatch until cancelled; then let running requests finish and record them."""
         self._loop = asyncio.get_running_loop()
@@ -484,20 +612,24 @@ class Dispatcher:
             return
         self._start_lanes(ready)
 
-    def _start_lanes(self, integration_ids: Iterable[int]) -> None:
-        """Run (or kick) the lane of each of these portals, unless it is paused."""
+    def _start_lanes(self, integration_ids: Iterable[int], *, claim: bool = True) -> None:
+        """Run (or kick) the lane of each of these portals, unless it is paused.
+
+        ``claim=False``: the lanes were handed their new jobs already; they decide at once.
+        """
         now = time.monotonic()
         for integration_id in integration_ids:
             lane = self._lanes.setdefault(integration_id, _Lane())
             if lane.paused_until > now:
                 continue
             if lane.task is not None and not lane.task.done():
-                lane.kick = True
+                lane.kick = lane.kick or claim
                 lane.event.set()
                 continue
             lane.kick = False
             lane.task = asyncio.create_task(
-                self._run_lane(integration_id, lane), name=f"dispatch portal {integration_id}"
+                self._run_lane(integration_id, lane, claim=claim or lane.row is None),
+                name=f"dispatch portal {integration_id}",
             )
 
     async def _stop_lanes(self) -> None:
@@ -509,9 +641,9 @@ class Dispatcher:
             task.cancel()  # its jobs' leases run out and another worker sends them again
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _run_lane(self, integration_id: int, lane: _Lane) -> None:
+    async def _run_lane(self, integration_id: int, lane: _Lane, *, claim: bool = True) -> None:
         try:
-            await self._drive(integration_id, lane)
+            await self._drive(integration_id, lane, claim=claim)
         except Exception:
             logger.exception("dispatcher: portal %s failed; pausing it briefly", integration_id)
             lane.paused_until = time.monotonic() + 5.0
@@ -526,10 +658,12 @@ class Dispatcher:
 
     # -- one lane ------------------------------------------------------------------------------
 
-    async def _drive(self, integration_id: int, lane: _Lane) -> None:
+    async def _drive(self, integration_id: int, lane: _Lane, *, claim: bool = True) -> None:
         """Claim, hold and send a portal's commands until nothing is ready or held."""
-        claim = True
-        row: Bitrix24Integration | None = None
+        row: Bitrix24Integration | None = None if claim else lane.row
+        claim = claim or row is None
+        #: A critical command was sent without claiming first; the next round claims.
+        skipped = False
         while not self._stopping:
             now = time.monotonic()
             if lane.paused_until > now:
@@ -564,7 +698,10 @@ class Dispatcher:
                         await lane.event.wait()
                 continue
             await self._send_decided(integration_id, row, portals, credentials, lane, decision)
-            claim = True
+            # A register or show handed over while that request went goes next, before the
+            # claim that looks for what else became ready (at most one round in a row).
+            claim = skipped or not any(is_critical(h.kind) for _job, h in lane.held.values())
+            skipped = not claim
 
     def _tuning(self, lane: _Lane) -> Tuning:
         if not self.batching or lane.isolate_rounds > 0:
@@ -592,8 +729,14 @@ class Dispatcher:
         # commands wait for the reserve still gets claimed.
         room = 2 * self._tuning(lane).max_batch - len(lane.held)
         row, jobs, context = await self._claim(integration_id, room, list(lane.held))
+        lane.row = row
         if row is None:
             return None
+        self._hold(lane, jobs, context)
+        return row
+
+    def _hold(self, lane: _Lane, jobs: Sequence[ClaimedJob], context: CallContext) -> None:
+        """Hold claimed jobs in the lane, with what their claim told about their calls."""
         now = time.monotonic()
         for job in jobs:
             command = job.payload.get("command") or {}
@@ -601,9 +744,9 @@ class Dispatcher:
             method = _METHODS.get(kind, kind)
             key = job.ordering_key or f"job:{job.id}"
             lane.held[job.id] = (job, Held(job.id, key, kind, method, now))
+            self._in_flight[job.id] = job
         lane.known.update(context.call_ids)
         lane.numbers.update(context.enterprise_numbers)
-        return row
 
     async def _send_decided(
         self,
@@ -757,8 +900,6 @@ class Dispatcher:
             call_rows = {job.call_id for job in jobs if job.call_id is not None}
             context = await repo.call_context(call_rows)
             await session.commit()
-        for job in jobs:
-            self._in_flight[job.id] = job
         return row, jobs, context
 
     def _plan(

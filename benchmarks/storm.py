@@ -22,6 +22,7 @@ import random
 import sys
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from sqlalchemy import update  # noqa: E402
+from sqlalchemy import text, update  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
 from tests.e2e.processes import KNOWN_CALLER, pbx_call  # noqa: E402
 from tests.e2e.test_calls_e2e import ENTERPRISE, TOKEN, Env, environment  # noqa: E402
 
 from callbridge.storage import migrate  # noqa: E402
+from callbridge.storage.db import create_unpooled_engine, is_sqlite_url  # noqa: E402
 from callbridge.storage.models import Bitrix24Integration, IntegrationStatus  # noqa: E402
 
 WARM_SECONDS = 15.0
@@ -251,7 +254,12 @@ async def sustained(url: str, tmp: Path, calls: int, seconds: float, batching: b
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a scaled-down run")
-    parser.add_argument("--database-url", default="", help="default: a fresh SQLite file")
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="default: a fresh SQLite file per part; a PostgreSQL server URL: a new database "
+        "on it per part",
+    )
     parser.add_argument(
         "--part",
         choices=["all", "storm", "latency", "sustained"],
@@ -266,14 +274,25 @@ async def main() -> None:
         tmp = Path(tmp_name)
         counter = 0
 
+        made: list[str] = []
+
         async def fresh() -> str:
             nonlocal counter
             counter += 1
-            if args.database_url:
+            if args.database_url and is_sqlite_url(args.database_url):
                 return str(args.database_url)
-            url = f"sqlite+aiosqlite:///{tmp / f'storm{counter}.db'}"
-            await migrate.upgrade(url)
-            return url
+            if args.database_url:
+                # A PostgreSQL server: a new database per part, dropped at the end.
+                name = f"storm_{uuid.uuid4().hex[:12]}"
+                await _pg_admin(args.database_url, f'CREATE DATABASE "{name}"')
+                url = make_url(args.database_url).set(database=name)
+                made.append(name)
+                url_text = url.render_as_string(hide_password=False)
+                await migrate.upgrade(url_text)
+                return url_text
+            url_text = f"sqlite+aiosqlite:///{tmp / f'storm{counter}.db'}"
+            await migrate.upgrade(url_text)
+            return url_text
 
         quick = args.quick
         if args.part in ("all", "storm"):
@@ -290,6 +309,18 @@ async def main() -> None:
             batched = await sustained(await fresh(), tmp, calls, seconds, True)
             unbatched = await sustained(await fresh(), tmp, calls, seconds, False)
             print(f"   ratio: {batched / unbatched if unbatched else float('inf'):.0f}")
+        for name in made:
+            await _pg_admin(args.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _pg_admin(url: str, sql: str) -> None:
+    engine = create_unpooled_engine(url)
+    try:
+        async with engine.connect() as connection:
+            connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(text(sql))
+    finally:
+        await engine.dispose()
 
 
 if __name__ == "__main__":

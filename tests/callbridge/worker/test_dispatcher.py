@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from callbridge.domain.commands import split_portal_external_call_id
 from callbridge.domain.ports import NewJob
@@ -412,6 +415,76 @@ class TestCommitWakeUps:
         finally:
             _listening.discard(recorder)  # type: ignore[arg-type]
         assert recorder.told == [{integration.id}]
+
+
+class TestHandOff:
+    """A register enqueued for a portal the dispatcher serves is claimed before the commit."""
+
+    async def test_the_register_of_a_new_call_goes_without_a_claim_transaction(
+        self, env: Env, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await env.post(*inbound_answered("1764170000.1"))  # the lane gets to know its portal
+        await env.settle()
+        claims: list[float] = []
+        claim = env.dispatcher._claim
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            claims.append(time.time())
+            return await claim(*args, **kwargs)
+
+        monkeypatch.setattr(env.dispatcher, "_claim", counted)
+        linkedid = "1764170000.2"
+        await env.post(inbound_answered(linkedid)[0])
+        # Committed and claimed together: never queued for the dispatcher to find.
+        (register,) = [j for j in await env.jobs() if j.payload["linkedid"] == linkedid]
+        assert register.status in (JobStatus.RUNNING, JobStatus.SUCCEEDED)
+        assert register.locked_by in (env.dispatcher.name, None)
+        await env.settle()
+        registered_at = (await env.calls())[f"{linkedid}-0"]["registered_at"]
+        assert [t for t in claims if t < registered_at] == []
+
+    async def test_nothing_is_claimed_for_a_paused_portal(self, env: Env) -> None:
+        await env.post(*inbound_answered("1764170000.3"))
+        await env.settle()
+        async with env.h.session_factory() as session, session.begin():
+            await session.execute(update(Bitrix24Integration).values(status="needs_reauth"))
+        linkedid = "1764170000.4"
+        await env.post(inbound_answered(linkedid)[0])
+        (register,) = [j for j in await env.jobs() if j.payload["linkedid"] == linkedid]
+        assert (register.status, register.attempts) == (JobStatus.QUEUED, 0)
+
+    async def test_a_commit_that_fails_hands_nothing_over(
+        self, env: Env, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await env.post(*inbound_answered("1764170000.5"))
+        await env.settle()
+        integration = await env.h.integration()
+        assert integration is not None
+        received: list[object] = []
+        monkeypatch.setattr(env.dispatcher, "receive", received.append)
+
+        def refuse(_session: Session) -> None:
+            raise RuntimeError("the commit fails")
+
+        register = {"command": {"kind": "register"}}
+        async with env.h.session_factory() as session:
+            await JobQueue().enqueue_many(
+                session,
+                [NewJob(kind=DISPATCHER_KIND, payload=register, integration_id=integration.id)],
+            )
+            # After the dispatcher's hook: it has claimed when the commit fails.
+            event.listen(Session, "before_commit", refuse)
+            try:
+                with pytest.raises(RuntimeError):
+                    await session.commit()
+            finally:
+                event.remove(Session, "before_commit", refuse)
+            await session.rollback()
+            # The session's next transaction must not deliver the rolled-back claim.
+            await session.execute(select(Job.id).limit(1))
+            await session.commit()
+        assert received == []
+        assert [j for j in await env.jobs() if not j.payload.get("linkedid")] == []
 
 
 class TestStop:

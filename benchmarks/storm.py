@@ -36,11 +36,14 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from tests.e2e.processes import KNOWN_CALLER, pbx_call  # noqa: E402
 from tests.e2e.test_calls_e2e import ENTERPRISE, TOKEN, Env, environment  # noqa: E402
 
+from callbridge.config import Settings  # noqa: E402
 from callbridge.storage import migrate  # noqa: E402
 from callbridge.storage.db import create_unpooled_engine, is_sqlite_url  # noqa: E402
 from callbridge.storage.models import Bitrix24Integration, IntegrationStatus  # noqa: E402
 
 WARM_SECONDS = 15.0
+#: The dispatcher's poll interval (``--poll-interval``): the setting's default, as in production.
+POLL_INTERVAL = Settings.model_fields["worker_poll_interval_seconds"].default
 
 
 async def post(env: Env, events: list[dict[str, Any]]) -> None:
@@ -126,7 +129,7 @@ async def dispatch_latencies(env: Env) -> list[float]:
 
 
 async def storm(url: str, tmp: Path, calls: int, seconds: float) -> None:
-    async with environment(url, tmp) as env:
+    async with environment(url, tmp, poll_interval=POLL_INTERVAL) as env:
         rng = random.Random(5)
         begin = time.time() + 0.5
         schedule: list[tuple[float, dict[str, Any]]] = []
@@ -164,7 +167,7 @@ async def storm(url: str, tmp: Path, calls: int, seconds: float) -> None:
 
 
 async def latency(url: str, tmp: Path, seconds: int, per_second: int = 1) -> None:
-    async with environment(url, tmp) as env:
+    async with environment(url, tmp, poll_interval=POLL_INTERVAL) as env:
         rng = random.Random(7)
         begin = time.time() + 0.5
         schedule: list[tuple[float, dict[str, Any]]] = []
@@ -200,7 +203,7 @@ async def _set_status(env: Env, status: str) -> None:
 
 
 async def sustained(url: str, tmp: Path, calls: int, seconds: float, batching: bool) -> float:
-    async with environment(url, tmp, batching=batching) as env:
+    async with environment(url, tmp, batching=batching, poll_interval=POLL_INTERVAL) as env:
         # Paused while the backlog builds, as during an outage.
         await _set_status(env, IntegrationStatus.NEEDS_REAUTH.value)
         when = datetime.now(UTC) - timedelta(minutes=5)
@@ -269,7 +272,15 @@ async def main() -> None:
     parser.add_argument(
         "--seconds", type=int, default=0, help="part 2: seconds at 1 call/s (default: 60, quick 10)"
     )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=POLL_INTERVAL,
+        help=f"the dispatcher's poll interval (default: {POLL_INTERVAL:g} s, the setting's)",
+    )
     args = parser.parse_args()
+    global POLL_INTERVAL
+    POLL_INTERVAL = args.poll_interval
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         counter = 0

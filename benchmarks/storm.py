@@ -255,6 +255,7 @@ async def sustained(url: str, tmp: Path, calls: int, seconds: float, batching: b
 
 
 async def main() -> None:
+    global POLL_INTERVAL  # one knob for every part
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a scaled-down run")
     parser.add_argument(
@@ -279,7 +280,6 @@ async def main() -> None:
         help=f"the dispatcher's poll interval (default: {POLL_INTERVAL:g} s, the setting's)",
     )
     args = parser.parse_args()
-    global POLL_INTERVAL
     POLL_INTERVAL = args.poll_interval
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

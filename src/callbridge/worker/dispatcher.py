@@ -15,9 +15,9 @@ One *lane* per portal (integration) claims, holds and sends its ready jobs, one 
    register's ``EXTERNAL_CALL_ID`` is ``<enterprise number>/<linkedid>-<leg>``, unique across the
    enterprises sharing a portal;
 4. write the results back (register's ``CALL_ID`` and CRM entity into the call model, a
-   ``bitrix24_calls`` row per leg) and complete or fail the jobs, in one transaction. No
-   transaction is open while Bitrix24 is called (SQLite has one writer; the client reads tokens in
-   its own transactions).
+   ``bitrix24_calls`` row per leg) and complete or fail the jobs, in one transaction, which also
+   claims what became ready meanwhile (step 1 of the next round). No transaction is open while
+   Bitrix24 is called (SQLite has one writer; the client reads tokens in its own transactions).
 
 Batches run with ``halt=1``: the portal stops at the first failing command, so nothing after it,
 in particular no command of the same call, runs out of order. The failed job gets its own fate
@@ -56,6 +56,14 @@ What a failure of the whole request does, by the client's error class:
 Wake-ups: PostgreSQL ``NOTIFY``, a commit in this process that enqueued a command (all-in-one
 mode, either database: it runs that portal's lane at once, with no look-up first), a lane's own
 progress, or the poll interval.
+
+Hand-off: a transaction of this process that enqueues a ``register`` or ``show`` for a portal
+whose lane is known and not paused claims that portal's ready jobs itself, just before it commits
+(a ``before_commit`` hook; the claim is :meth:`JobQueue.claim_chains` as the lane's, so order and
+leases are the same). Once it commits, the lane holds them and sends the register at once: no
+claim transaction, and on SQLite no wait for the one connection, between the webhook's commit
+and the request. A failed commit rolls the claim back with everything else. A register or show
+handed over while the lane sends goes next, before the lane's next claim.
 """
 
 from __future__ import annotations

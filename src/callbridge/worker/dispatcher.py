@@ -524,6 +524,7 @@ class Dispatcher:
                 kinds=[DISPATCHER_KIND],
                 integration_id=integration_id,
                 holding=list(lane.held),
+                recover=False,  # the lane's own claims do it, off the webhook's path
             )
             if jobs:
                 context = await repo.call_context({j.call_id for j in jobs if j.call_id})

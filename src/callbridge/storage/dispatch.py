@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from callbridge.storage.models import (
@@ -78,10 +78,12 @@ class DispatchRepository:
         """The integration row (read afresh: another process may have changed its status)."""
         return await self.session.get(Bitrix24Integration, integration_id, populate_existing=True)
 
-    async def integration_status(self, integration_id: int) -> str | None:
-        """The integration's status, read afresh (None if it is gone)."""
-        return await self.session.scalar(
-            select(Bitrix24Integration.status).where(Bitrix24Integration.id == integration_id)
+    @staticmethod
+    def is_active(integration_id: int) -> ColumnElement[bool]:
+        """A condition for another statement: the integration exists and is active."""
+        return exists().where(
+            Bitrix24Integration.id == integration_id,
+            Bitrix24Integration.status == IntegrationStatus.ACTIVE.value,
         )
 
     async def call_context(self, call_row_ids: Collection[int]) -> CallContext:

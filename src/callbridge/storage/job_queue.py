@@ -68,6 +68,7 @@ from typing import Any, cast
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import (
+    ColumnElement,
     Table,
     and_,
     delete,
@@ -350,6 +351,71 @@ class JobQueue:
         claimed = [ClaimedJob(**row._asdict()) for row in rows]
         claimed.sort(key=lambda job: job.id)
         return claimed
+
+    async def claim_next_of_keys(
+        self,
+        session: AsyncSession,
+        worker: str,
+        keys: Collection[str],
+        *,
+        kind: str,
+        integration_id: int | None = None,
+        holding: Collection[int] = (),
+        only_if: ColumnElement[bool] | None = None,
+    ) -> list[ClaimedJob]:
+        """Claim, in one statement, each of these ordering keys' next job, if it is ready.
+
+        A key's next job is its first queued one; it is ready when it is due, its dependency
+        (if any) succeeded, and every earlier job of its key is finished or in ``holding``
+        (what this worker holds unsent), as for :meth:`claim_chains`. ``only_if`` is one more
+        condition for the whole claim (e.g. that the portal is active). Expired leases are left
+        to the other claims. Meant for the transaction that enqueued those jobs.
+        """
+        if not keys:
+            return []
+        now = self.now()
+        earlier = aliased(Job)
+        dependency = aliased(Job)
+        held = list(holding)
+        blocking = and_(
+            earlier.ordering_key == _jobs.c.ordering_key,
+            earlier.id < _jobs.c.id,
+            earlier.status.in_(BLOCKING_STATUSES),
+        )
+        if held:
+            blocking = and_(blocking, earlier.id.not_in(held))
+        conditions = [
+            _jobs.c.ordering_key.in_(sorted(keys)),
+            _jobs.c.kind == kind,
+            _jobs.c.status == JobStatus.QUEUED.value,
+            _jobs.c.run_after <= now,
+            not_(exists().where(blocking)),
+            or_(
+                _jobs.c.depends_on.is_(None),
+                exists().where(
+                    dependency.id == _jobs.c.depends_on,
+                    dependency.status == JobStatus.SUCCEEDED.value,
+                ),
+            ),
+        ]
+        if integration_id is not None:
+            conditions.append(_jobs.c.integration_id == integration_id)
+        if only_if is not None:
+            conditions.append(only_if)
+        statement = (
+            update(_jobs)
+            .where(*conditions)
+            .values(
+                status=JobStatus.RUNNING.value,
+                locked_by=worker,
+                lease_expires_at=now + self._lease,
+                attempts=_jobs.c.attempts + 1,
+                updated_at=now,
+            )
+            .returning(*_CLAIMED_COLUMNS)
+        )
+        rows = (await session.execute(statement)).all()
+        return sorted((ClaimedJob(**row._asdict()) for row in rows), key=lambda job: job.id)
 
     async def claim_chains(
         self,

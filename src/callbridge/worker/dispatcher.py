@@ -74,7 +74,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import Enum
@@ -274,7 +274,8 @@ class _HandOff:
 
 _ENQUEUED_KEY = "callbridge.dispatcher.enqueued"
 _HANDED_KEY = "callbridge.dispatcher.handed"
-#: Portals for which the transaction enqueued a register or show (worth a hand-off).
+#: Portals for which the transaction enqueued a register or show (worth a hand-off), and the
+#: ordering keys (calls) of those commands.
 _CRITICAL_KEY = "callbridge.dispatcher.critical"
 _listening: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 _hooked = False
@@ -291,8 +292,9 @@ def _after_flush(session: Session, _context: Any) -> None:
         if isinstance(obj, Job) and obj.kind == DISPATCHER_KIND:
             portals: set[int | None] = session.info.setdefault(_ENQUEUED_KEY, set())
             portals.add(obj.integration_id)
-            if _critical(obj.payload):
-                session.info.setdefault(_CRITICAL_KEY, set()).add(obj.integration_id)
+            if _critical(obj.payload) and obj.integration_id and obj.ordering_key:
+                critical: dict[int, set[str]] = session.info.setdefault(_CRITICAL_KEY, {})
+                critical.setdefault(obj.integration_id, set()).add(obj.ordering_key)
 
 
 def _on_execute(state: ORMExecuteState) -> None:
@@ -312,16 +314,18 @@ def _on_execute(state: ORMExecuteState) -> None:
     if ours:
         portals: set[int | None] = state.session.info.setdefault(_ENQUEUED_KEY, set())
         portals |= {row.get("integration_id") for row in ours}
-        critical = {row.get("integration_id") for row in ours if _critical(row.get("payload"))}
-        if critical:
-            state.session.info.setdefault(_CRITICAL_KEY, set()).update(critical)
+        for row in ours:
+            integration_id, key = row.get("integration_id"), row.get("ordering_key")
+            if integration_id and key and _critical(row.get("payload")):
+                critical: dict[int, set[str]] = state.session.info.setdefault(_CRITICAL_KEY, {})
+                critical.setdefault(integration_id, set()).add(key)
 
 
 def _before_commit(session: Session) -> None:
     # Claim the commands this transaction enqueued in it, for a dispatcher of this process:
     # the lane then sends a ringing call's register right after the commit, with no claim
     # transaction (and no wait for the database connection) in between.
-    portals: set[int | None] | None = session.info.pop(_CRITICAL_KEY, None)
+    portals: dict[int, set[str]] | None = session.info.pop(_CRITICAL_KEY, None)
     if not portals or _HANDED_KEY in session.info:
         return
     proxy = async_session(session)
@@ -477,14 +481,15 @@ class Dispatcher:
             loop.call_soon_threadsafe(self.nudge, ids)
 
     def claim_before_commit(
-        self, session: AsyncSession, integration_ids: Iterable[int | None]
+        self, session: AsyncSession, keys: Mapping[int, Collection[str]]
     ) -> list[_HandOff]:
-        """Claim these portals' ready commands in ``session``'s transaction, about to commit.
+        """Claim the next command of these calls (by portal) in ``session``'s transaction.
 
-        Called from the commit hook (synchronous, inside SQLAlchemy's greenlet); what it claims
-        is handed to the lanes by :meth:`receive` once the transaction commits, and is rolled
-        back with it otherwise. Portals whose lane cannot take work now are left to the usual
-        wake-up. A failure claims nothing: the commit goes on and the lane claims as usual.
+        Called from the commit hook (synchronous, inside SQLAlchemy's greenlet) of a transaction
+        that enqueued a register or show: what it claims is handed to the lanes by
+        :meth:`receive` once the transaction commits, and is rolled back with it otherwise.
+        Portals whose lane cannot take work now are left to the usual wake-up. A failure claims
+        nothing: the commit goes on and the lane claims as usual.
         """
         try:
             running = asyncio.get_running_loop()
@@ -493,13 +498,13 @@ class Dispatcher:
         if running is not self._loop or self._stopping:
             return []
         now = time.monotonic()
-        wanted: list[tuple[int, _Lane]] = []
-        for integration_id in sorted(i for i in integration_ids if i):
+        wanted: list[tuple[int, _Lane, Collection[str]]] = []
+        for integration_id, calls in sorted(keys.items()):
             lane = self._lanes.get(integration_id)
             if lane is None or lane.row is None or lane.reauth or lane.paused_until > now:
                 continue
             if 2 * self._tuning(lane).max_batch - len(lane.held) > 0:
-                wanted.append((integration_id, lane))
+                wanted.append((integration_id, lane, calls))
         if not wanted:
             return []
         try:
@@ -509,22 +514,22 @@ class Dispatcher:
             return []
 
     async def _claim_for_hand_off(
-        self, session: AsyncSession, lanes: Sequence[tuple[int, _Lane]]
+        self, session: AsyncSession, lanes: Sequence[tuple[int, _Lane, Collection[str]]]
     ) -> list[_HandOff]:
+        # Two statements on the webhook's path: the claim (only while the integration is
+        # active) and what the plan needs to know about the calls.
         repo = DispatchRepository(session)
         handed: list[_HandOff] = []
-        for integration_id, lane in lanes:
+        for integration_id, lane, calls in lanes:
             assert lane.row is not None
-            if await repo.integration_status(integration_id) != IntegrationStatus.ACTIVE.value:
-                continue
-            jobs = await self.queue.claim_chains(
+            jobs = await self.queue.claim_next_of_keys(
                 session,
                 self.name,
-                limit=2 * self._tuning(lane).max_batch - len(lane.held),
-                kinds=[DISPATCHER_KIND],
+                calls,
+                kind=DISPATCHER_KIND,
                 integration_id=integration_id,
                 holding=list(lane.held),
-                recover=False,  # the lane's own claims do it, off the webhook's path
+                only_if=repo.is_active(integration_id),
             )
             if jobs:
                 context = await repo.call_context({j.call_id for j in jobs if j.call_id})

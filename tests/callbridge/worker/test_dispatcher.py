@@ -35,6 +35,32 @@ async def ids(queue: JobQueue, session: AsyncSession, **kw: object) -> list[int]
     return [job.id for job in jobs]
 
 
+class TestClaimNextOfKeys:
+    async def test_takes_each_keys_first_ready_job_only(self, session: AsyncSession) -> None:
+        queue = JobQueue()
+        a = [await queue.enqueue(session, "x.y", ordering_key="call:1") for _ in range(2)]
+        b = await queue.enqueue(session, "x.y", ordering_key="call:2")
+        await queue.enqueue(session, "x.y", ordering_key="call:3")
+        claimed = await queue.claim_next_of_keys(session, "w1", ["call:1", "call:2"], kind="x.y")
+        assert [job.id for job in claimed] == [a[0].id, b.id]
+        # The next of call 1 waits until its first is held by this worker (or finished).
+        assert await queue.claim_next_of_keys(session, "w1", ["call:1"], kind="x.y") == []
+        held = await queue.claim_next_of_keys(
+            session, "w1", ["call:1"], kind="x.y", holding=[a[0].id]
+        )
+        assert [job.id for job in held] == [a[1].id]
+
+    async def test_claims_nothing_unless_its_condition_holds(self, session: AsyncSession) -> None:
+        queue = JobQueue()
+        await queue.enqueue(session, "x.y", ordering_key="call:1")
+        never = select(Job.id).where(Job.id < 0).exists()
+        assert (
+            await queue.claim_next_of_keys(session, "w1", ["call:1"], kind="x.y", only_if=never)
+            == []
+        )
+        assert len(await queue.claim_next_of_keys(session, "w1", ["call:1"], kind="x.y")) == 1
+
+
 class TestClaimChains:
     async def test_takes_a_keys_whole_run_of_ready_jobs(self, session: AsyncSession) -> None:
         queue = JobQueue()

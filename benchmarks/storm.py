@@ -12,6 +12,9 @@ PBX webhook → call tracking → dispatcher → emulator, all in one process ov
    once the bucket's first burst is spent, and ``ratio: N``.
 
 ``--quick`` scales everything down (about 1.5 minutes); the full run takes about four.
+``--part storm|latency|sustained`` runs one part (``--seconds`` sets part 2's length). The
+dispatcher polls at the setting's default (``--poll-interval``): in-process commits wake it, as
+in production; the tests' short poll would add a look-up transaction every 50 ms.
 """
 
 from __future__ import annotations

@@ -170,7 +170,10 @@ async def environment(
     dispatcher's (short, so that tests see retries soon; benchmarks pass the default).
     """
     settings = callbridge_settings(
-        database_url, var_dir, worker_poll_interval_seconds=poll_interval, **dict(settings_overrides or {})
+        database_url,
+        var_dir,
+        worker_poll_interval_seconds=poll_interval,
+        **dict(settings_overrides or {}),
     )
     engine = create_engine(database_url)
     session_factory = create_session_factory(engine)

@@ -58,12 +58,13 @@ mode, either database: it runs that portal's lane at once, with no look-up first
 progress, or the poll interval.
 
 Hand-off: a transaction of this process that enqueues a ``register`` or ``show`` for a portal
-whose lane is known and not paused claims that portal's ready jobs itself, just before it commits
-(a ``before_commit`` hook; the claim is :meth:`JobQueue.claim_chains` as the lane's, so order and
-leases are the same). Once it commits, the lane holds them and sends the register at once: no
-claim transaction, and on SQLite no wait for the one connection, between the webhook's commit
-and the request. A failed commit rolls the claim back with everything else. A register or show
-handed over while the lane sends goes next, before the lane's next claim.
+whose lane is known and not paused claims, just before it commits (a ``before_commit`` hook),
+the next command of each of those calls, in one statement (:meth:`JobQueue.claim_next_of_keys`:
+the same leases, and the same order rule as the lane's claims, so a command whose call has an
+earlier one pending is left to the lane). Once it commits, the lane holds them and sends the
+register at once: no claim transaction, and on SQLite no wait for the one connection, between
+the webhook's commit and the request. A failed commit rolls the claim back with everything
+else. A register or show handed over while the lane sends goes next, before its next claim.
 """
 
 from __future__ import annotations
@@ -265,7 +266,6 @@ class _HandOff:
     """Jobs claimed for a lane inside the transaction that enqueued them."""
 
     integration_id: int
-    row: Bitrix24Integration
     jobs: list[ClaimedJob]
     context: CallContext
 
@@ -521,7 +521,6 @@ class Dispatcher:
         repo = DispatchRepository(session)
         handed: list[_HandOff] = []
         for integration_id, lane, calls in lanes:
-            assert lane.row is not None
             jobs = await self.queue.claim_next_of_keys(
                 session,
                 self.name,
@@ -533,7 +532,7 @@ class Dispatcher:
             )
             if jobs:
                 context = await repo.call_context({j.call_id for j in jobs if j.call_id})
-                handed.append(_HandOff(integration_id, lane.row, jobs, context))
+                handed.append(_HandOff(integration_id, jobs, context))
         return handed
 
     def receive(self, hand_offs: Sequence[_HandOff]) -> None:
@@ -711,9 +710,7 @@ class Dispatcher:
                     async with asyncio.timeout(timeout):
                         await lane.event.wait()
                 continue
-            if await self._send_decided(
-                integration_id, row, portals, credentials, lane, decision
-            ):
+            if await self._send_decided(integration_id, row, portals, credentials, lane, decision):
                 claim = skipped = False  # claimed with the write-back
                 continue
             # A register or show handed over while that request went goes next, before the

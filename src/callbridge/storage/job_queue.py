@@ -79,6 +79,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -352,7 +353,7 @@ class JobQueue:
         claimed.sort(key=lambda job: job.id)
         return claimed
 
-    async def claim_next_of_keys(
+    async def claim_keys(
         self,
         session: AsyncSession,
         worker: str,
@@ -361,45 +362,54 @@ class JobQueue:
         kind: str,
         integration_id: int | None = None,
         holding: Collection[int] = (),
+        limit: int | None = None,
         only_if: ColumnElement[bool] | None = None,
     ) -> list[ClaimedJob]:
-        """Claim, in one statement, each of these ordering keys' next job, if it is ready.
+        """Claim the run of ready jobs of each of these ordering keys, in two statements.
 
-        A key's next job is its first queued one; it is ready when it is due, its dependency
-        (if any) succeeded, and every earlier job of its key is finished or in ``holding``
-        (what this worker holds unsent), as for :meth:`claim_chains`. ``only_if`` is one more
-        condition for the whole claim (e.g. that the portal is active). Expired leases are left
-        to the other claims. Meant for the transaction that enqueued those jobs.
+        As :meth:`claim_chains`, restricted to ``keys``: a key's jobs are taken in id order
+        while each is due, of ``kind`` (and ``integration_id``), and its dependency (if any)
+        succeeded; jobs in ``holding`` (this worker's, unsent) are stepped over, and anything
+        else pending ends the run. At most ``limit`` jobs. ``only_if`` is one more condition of
+        the claim (e.g. that the portal is active). Expired leases are left to the other
+        claims. Meant for the transaction that enqueued those jobs, just before it commits.
         """
-        if not keys:
+        if not keys or (limit is not None and limit < 1):
             return []
         now = self.now()
-        earlier = aliased(Job)
         dependency = aliased(Job)
-        held = list(holding)
-        blocking = and_(
-            earlier.ordering_key == _jobs.c.ordering_key,
-            earlier.id < _jobs.c.id,
-            earlier.status.in_(BLOCKING_STATUSES),
-        )
-        if held:
-            blocking = and_(blocking, earlier.id.not_in(held))
-        conditions = [
-            _jobs.c.ordering_key.in_(sorted(keys)),
-            _jobs.c.kind == kind,
-            _jobs.c.status == JobStatus.QUEUED.value,
-            _jobs.c.run_after <= now,
-            not_(exists().where(blocking)),
-            or_(
-                _jobs.c.depends_on.is_(None),
-                exists().where(
-                    dependency.id == _jobs.c.depends_on,
-                    dependency.status == JobStatus.SUCCEEDED.value,
-                ),
+        dependency_ok = or_(
+            Job.depends_on.is_(None),
+            exists().where(
+                dependency.id == Job.depends_on,
+                dependency.status == JobStatus.SUCCEEDED.value,
             ),
-        ]
-        if integration_id is not None:
-            conditions.append(_jobs.c.integration_id == integration_id)
+        )
+        takeable = and_(
+            Job.status == JobStatus.QUEUED.value,
+            Job.run_after <= now,
+            Job.kind == kind,
+            Job.integration_id == integration_id if integration_id is not None else true(),
+            dependency_ok,
+        )
+        rows = await session.execute(
+            select(Job.id, Job.ordering_key, takeable.label("takeable"))
+            .where(Job.ordering_key.in_(sorted(keys)), Job.status.in_(BLOCKING_STATUSES))
+            .order_by(Job.id)
+        )
+        held = set(holding)
+        stopped: set[str | None] = set()
+        chosen: list[int] = []
+        for job_id, key, ok in rows:
+            if key in stopped or job_id in held:
+                continue
+            if not ok or (limit is not None and len(chosen) >= limit):
+                stopped.add(key)
+                continue
+            chosen.append(job_id)
+        if not chosen:
+            return []
+        conditions = [_jobs.c.id.in_(chosen), _jobs.c.status == JobStatus.QUEUED.value]
         if only_if is not None:
             conditions.append(only_if)
         statement = (
@@ -414,8 +424,8 @@ class JobQueue:
             )
             .returning(*_CLAIMED_COLUMNS)
         )
-        rows = (await session.execute(statement)).all()
-        return sorted((ClaimedJob(**row._asdict()) for row in rows), key=lambda job: job.id)
+        claimed = (await session.execute(statement)).all()
+        return sorted((ClaimedJob(**row._asdict()) for row in claimed), key=lambda job: job.id)
 
     async def claim_chains(
         self,

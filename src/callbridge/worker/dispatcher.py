@@ -59,12 +59,13 @@ progress, or the poll interval.
 
 Hand-off: a transaction of this process that enqueues a ``register`` or ``show`` for a portal
 whose lane is known and not paused claims, just before it commits (a ``before_commit`` hook),
-the next command of each of those calls, in one statement (:meth:`JobQueue.claim_next_of_keys`:
-the same leases, and the same order rule as the lane's claims, so a command whose call has an
-earlier one pending is left to the lane). Once it commits, the lane holds them and sends the
-register at once: no claim transaction, and on SQLite no wait for the one connection, between
-the webhook's commit and the request. A failed commit rolls the claim back with everything
-else. A register or show handed over while the lane sends goes next, before its next claim.
+the ready commands of those calls (:meth:`JobQueue.claim_keys`: the same leases and order rule
+as the lane's claims, so a register, show and finish enqueued together still share a request,
+and a command whose call has an earlier one pending elsewhere is left to the lane). Once it
+commits, the lane holds them and sends the register at once: no claim transaction, and on
+SQLite no wait for the one connection, between the webhook's commit and the request. A failed
+commit rolls the claim back with everything else. A register or show handed over while the
+lane sends goes next, before its next claim.
 """
 
 from __future__ import annotations
@@ -483,7 +484,7 @@ class Dispatcher:
     def claim_before_commit(
         self, session: AsyncSession, keys: Mapping[int, Collection[str]]
     ) -> list[_HandOff]:
-        """Claim the next command of these calls (by portal) in ``session``'s transaction.
+        """Claim the ready commands of these calls (by portal) in ``session``'s transaction.
 
         Called from the commit hook (synchronous, inside SQLAlchemy's greenlet) of a transaction
         that enqueued a register or show: what it claims is handed to the lanes by
@@ -516,18 +517,19 @@ class Dispatcher:
     async def _claim_for_hand_off(
         self, session: AsyncSession, lanes: Sequence[tuple[int, _Lane, Collection[str]]]
     ) -> list[_HandOff]:
-        # Two statements on the webhook's path: the claim (only while the integration is
-        # active) and what the plan needs to know about the calls.
+        # Three statements on the webhook's path: the calls' pending jobs, the claim (only
+        # while the integration is active) and what the plan needs to know about the calls.
         repo = DispatchRepository(session)
         handed: list[_HandOff] = []
         for integration_id, lane, calls in lanes:
-            jobs = await self.queue.claim_next_of_keys(
+            jobs = await self.queue.claim_keys(
                 session,
                 self.name,
                 calls,
                 kind=DISPATCHER_KIND,
                 integration_id=integration_id,
                 holding=list(lane.held),
+                limit=2 * self._tuning(lane).max_batch - len(lane.held),
                 only_if=repo.is_active(integration_id),
             )
             if jobs:

@@ -35,30 +35,35 @@ async def ids(queue: JobQueue, session: AsyncSession, **kw: object) -> list[int]
     return [job.id for job in jobs]
 
 
-class TestClaimNextOfKeys:
-    async def test_takes_each_keys_first_ready_job_only(self, session: AsyncSession) -> None:
+class TestClaimKeys:
+    async def test_takes_each_asked_keys_run_of_ready_jobs(self, session: AsyncSession) -> None:
         queue = JobQueue()
         a = [await queue.enqueue(session, "x.y", ordering_key="call:1") for _ in range(2)]
         b = await queue.enqueue(session, "x.y", ordering_key="call:2")
         await queue.enqueue(session, "x.y", ordering_key="call:3")
-        claimed = await queue.claim_next_of_keys(session, "w1", ["call:1", "call:2"], kind="x.y")
-        assert [job.id for job in claimed] == [a[0].id, b.id]
-        # The next of call 1 waits until its first is held by this worker (or finished).
-        assert await queue.claim_next_of_keys(session, "w1", ["call:1"], kind="x.y") == []
-        held = await queue.claim_next_of_keys(
-            session, "w1", ["call:1"], kind="x.y", holding=[a[0].id]
-        )
-        assert [job.id for job in held] == [a[1].id]
+        claimed = await queue.claim_keys(session, "w1", ["call:1", "call:2"], kind="x.y")
+        assert [job.id for job in claimed] == [a[0].id, a[1].id, b.id]
 
-    async def test_claims_nothing_unless_its_condition_holds(self, session: AsyncSession) -> None:
+    async def test_a_pending_job_not_held_ends_its_keys_run(self, session: AsyncSession) -> None:
         queue = JobQueue()
+        first = await queue.enqueue(session, "x.y", ordering_key="call:1")
+        await queue.claim(session, "other", limit=1)
+        second = await queue.enqueue(session, "x.y", ordering_key="call:1")
+        other_kind = await queue.enqueue(session, "x.z", ordering_key="call:1")
         await queue.enqueue(session, "x.y", ordering_key="call:1")
+        assert await queue.claim_keys(session, "w1", ["call:1"], kind="x.y") == []
+        # Held by this worker: stepped over, up to the job of another kind.
+        claimed = await queue.claim_keys(session, "w1", ["call:1"], kind="x.y", holding=[first.id])
+        assert [job.id for job in claimed] == [second.id]
+        assert other_kind.id > second.id
+
+    async def test_limit_and_condition(self, session: AsyncSession) -> None:
+        queue = JobQueue()
+        a = [await queue.enqueue(session, "x.y", ordering_key="call:1") for _ in range(3)]
         never = select(Job.id).where(Job.id < 0).exists()
-        assert (
-            await queue.claim_next_of_keys(session, "w1", ["call:1"], kind="x.y", only_if=never)
-            == []
-        )
-        assert len(await queue.claim_next_of_keys(session, "w1", ["call:1"], kind="x.y")) == 1
+        assert await queue.claim_keys(session, "w1", ["call:1"], kind="x.y", only_if=never) == []
+        claimed = await queue.claim_keys(session, "w1", ["call:1"], kind="x.y", limit=2)
+        assert [job.id for job in claimed] == [a[0].id, a[1].id]
 
 
 class TestClaimChains:

@@ -711,6 +711,10 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await lane.event.wait()
+                # Whatever set it is seen by the next decision. Left set (a hand-off sets it
+                # without a kick), the wait above would return at once, and the lane would
+                # spin without yielding until its bulk commands were due.
+                lane.event.clear()
                 continue
             if await self._send_decided(integration_id, row, portals, credentials, lane, decision):
                 claim = skipped = False  # claimed with the write-back

@@ -517,6 +517,31 @@ class TestHandOff:
         assert received == []
         assert [j for j in await env.jobs() if not j.payload.get("linkedid")] == []
 
+    async def test_a_hand_off_to_a_lingering_lane_does_not_block_the_loop(self, env: Env) -> None:
+        integration = await env.h.integration()
+        assert integration is not None
+        linkedid = "1764170000.7"
+        answered = inbound_answered(linkedid)
+        await env.post(*answered[:3])
+        await env.settle()
+        await env.post(answered[3])  # its finish lingers for company
+        for _ in range(100):
+            if any(lane.held for lane in env.dispatcher._lanes.values()):
+                break
+            await asyncio.sleep(0.01)
+        # What a hand-off does to a running lane: work is there, no claim needed.
+        env.dispatcher._start_lanes([integration.id], claim=False)
+        gaps: list[float] = []
+        last = time.monotonic()
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+        assert max(gaps) < 0.5, f"the event loop stalled {max(gaps):.2f}s"
+        await env.settle()
+        assert (await env.calls())[f"{linkedid}-0"]["state"] == "finished"
+
 
 class TestStop:
     async def test_a_cancel_that_arrives_with_a_wake_up_stops_the_dispatcher(

@@ -437,7 +437,6 @@ class JobQueue:
         integration_id: int | None = None,
         holding: Collection[int] = (),
         scan: int | None = None,
-        recover: bool = True,
     ) -> list[ClaimedJob]:
         """Claim due jobs together with their ready successors of the same ordering key.
 
@@ -446,13 +445,12 @@ class JobQueue:
         batch): a job is taken only if every earlier pending job of its key is taken too, or is
         in ``holding`` (jobs this worker already claimed and has not finished). Runs are taken
         by their first job's (run_after, id), the last one cut to fit ``limit``; the result is in
-        id order. ``scan`` bounds the rows looked at (default ``4 * limit``). ``recover=False``
-        leaves expired leases to the next claim (a claim inside a latency-critical transaction).
+        id order. ``scan`` bounds the rows looked at (default ``4 * limit``).
         """
         if limit < 1:
             return []
         now = self.now()
-        if recover and (self._next_recovery is None or now >= self._next_recovery):
+        if self._next_recovery is None or now >= self._next_recovery:
             await self.recover_expired(session)
             self._next_recovery = now + timedelta(seconds=self.recovery_interval)
         held = list(holding)

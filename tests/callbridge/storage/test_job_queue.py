@@ -154,16 +154,6 @@ class TestLeases:
         await queue.complete(session, second, {"ok": True})
         assert (await refreshed(session, job)).status == JobStatus.SUCCEEDED
 
-    async def test_a_chain_claim_may_leave_expired_leases_for_later(
-        self, session: AsyncSession, queue: JobQueue, clock: FakeClock
-    ):
-        job = await queue.enqueue(session, "calls.register")
-        await queue.claim(session, "dead-worker")
-        clock.advance(61)
-        assert await queue.claim_chains(session, "w2", limit=5, recover=False) == []
-        [again] = await queue.claim_chains(session, "w2", limit=5)
-        assert (again.id, again.locked_by) == (job.id, "w2")
-
     async def test_crash_on_last_attempt_is_dead(
         self, session: AsyncSession, queue: JobQueue, clock: FakeClock
     ):

@@ -12,6 +12,9 @@ PBX webhook → call tracking → dispatcher → emulator, all in one process ov
    once the bucket's first burst is spent, and ``ratio: N``.
 
 ``--quick`` scales everything down (about 1.5 minutes); the full run takes about four.
+``--part storm|latency|sustained`` runs one part (``--seconds`` sets part 2's length). The
+dispatcher polls at the setting's default (``--poll-interval``): in-process commits wake it, as
+in production; the tests' short poll would add a look-up transaction every 50 ms.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import random
 import sys
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,14 +34,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from sqlalchemy import update  # noqa: E402
+from sqlalchemy import text, update  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
 from tests.e2e.processes import KNOWN_CALLER, pbx_call  # noqa: E402
 from tests.e2e.test_calls_e2e import ENTERPRISE, TOKEN, Env, environment  # noqa: E402
 
+from callbridge.config import Settings  # noqa: E402
 from callbridge.storage import migrate  # noqa: E402
+from callbridge.storage.db import create_unpooled_engine, is_sqlite_url  # noqa: E402
 from callbridge.storage.models import Bitrix24Integration, IntegrationStatus  # noqa: E402
 
 WARM_SECONDS = 15.0
+#: The dispatcher's poll interval (``--poll-interval``): the setting's default, as in production.
+POLL_INTERVAL = Settings.model_fields["worker_poll_interval_seconds"].default
 
 
 async def post(env: Env, events: list[dict[str, Any]]) -> None:
@@ -123,7 +132,7 @@ async def dispatch_latencies(env: Env) -> list[float]:
 
 
 async def storm(url: str, tmp: Path, calls: int, seconds: float) -> None:
-    async with environment(url, tmp) as env:
+    async with environment(url, tmp, poll_interval=POLL_INTERVAL) as env:
         rng = random.Random(5)
         begin = time.time() + 0.5
         schedule: list[tuple[float, dict[str, Any]]] = []
@@ -161,7 +170,7 @@ async def storm(url: str, tmp: Path, calls: int, seconds: float) -> None:
 
 
 async def latency(url: str, tmp: Path, seconds: int, per_second: int = 1) -> None:
-    async with environment(url, tmp) as env:
+    async with environment(url, tmp, poll_interval=POLL_INTERVAL) as env:
         rng = random.Random(7)
         begin = time.time() + 0.5
         schedule: list[tuple[float, dict[str, Any]]] = []
@@ -197,7 +206,7 @@ async def _set_status(env: Env, status: str) -> None:
 
 
 async def sustained(url: str, tmp: Path, calls: int, seconds: float, batching: bool) -> float:
-    async with environment(url, tmp, batching=batching) as env:
+    async with environment(url, tmp, batching=batching, poll_interval=POLL_INTERVAL) as env:
         # Paused while the backlog builds, as during an outage.
         await _set_status(env, IntegrationStatus.NEEDS_REAUTH.value)
         when = datetime.now(UTC) - timedelta(minutes=5)
@@ -249,38 +258,83 @@ async def sustained(url: str, tmp: Path, calls: int, seconds: float, batching: b
 
 
 async def main() -> None:
+    global POLL_INTERVAL  # one knob for every part
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a scaled-down run")
-    parser.add_argument("--database-url", default="", help="default: a fresh SQLite file")
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="default: a fresh SQLite file per part; a PostgreSQL server URL: a new database "
+        "on it per part",
+    )
+    parser.add_argument(
+        "--part",
+        choices=["all", "storm", "latency", "sustained"],
+        default="all",
+        help="run only this part (default: all three)",
+    )
+    parser.add_argument(
+        "--seconds", type=int, default=0, help="part 2: seconds at 1 call/s (default: 60, quick 10)"
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=POLL_INTERVAL,
+        help=f"the dispatcher's poll interval (default: {POLL_INTERVAL:g} s, the setting's)",
+    )
     args = parser.parse_args()
+    POLL_INTERVAL = args.poll_interval
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         counter = 0
 
+        made: list[str] = []
+
         async def fresh() -> str:
             nonlocal counter
             counter += 1
-            if args.database_url:
+            if args.database_url and is_sqlite_url(args.database_url):
                 return str(args.database_url)
-            url = f"sqlite+aiosqlite:///{tmp / f'storm{counter}.db'}"
-            await migrate.upgrade(url)
-            return url
+            if args.database_url:
+                # A PostgreSQL server: a new database per part, dropped at the end.
+                name = f"storm_{uuid.uuid4().hex[:12]}"
+                await _pg_admin(args.database_url, f'CREATE DATABASE "{name}"')
+                url = make_url(args.database_url).set(database=name)
+                made.append(name)
+                url_text = url.render_as_string(hide_password=False)
+                await migrate.upgrade(url_text)
+                return url_text
+            url_text = f"sqlite+aiosqlite:///{tmp / f'storm{counter}.db'}"
+            await migrate.upgrade(url_text)
+            return url_text
 
-        if args.quick:
-            await storm(await fresh(), tmp, 100, 12)
-            await latency(await fresh(), tmp, 10)
-            await latency(await fresh(), tmp, 5, per_second=20)
-            print("3. sustained: backlog of 2,500 calls (5,000 commands), 25 s each mode")
-            batched = await sustained(await fresh(), tmp, 2500, 25, True)
-            unbatched = await sustained(await fresh(), tmp, 2500, 25, False)
-        else:
-            await storm(await fresh(), tmp, 500, 60)
-            await latency(await fresh(), tmp, 60)
-            await latency(await fresh(), tmp, 15, per_second=20)
-            print("3. sustained: backlog of 3,000 calls (6,000 commands), 45 s each mode")
-            batched = await sustained(await fresh(), tmp, 3000, 45, True)
-            unbatched = await sustained(await fresh(), tmp, 3000, 45, False)
-        print(f"   ratio: {batched / unbatched if unbatched else float('inf'):.0f}")
+        quick = args.quick
+        if args.part in ("all", "storm"):
+            await storm(await fresh(), tmp, *((100, 12) if quick else (500, 60)))
+        if args.part in ("all", "latency"):
+            await latency(await fresh(), tmp, args.seconds or (10 if quick else 60))
+            await latency(await fresh(), tmp, 5 if quick else 15, per_second=20)
+        if args.part in ("all", "sustained"):
+            calls, seconds = (2500, 25) if quick else (3000, 45)
+            print(
+                f"3. sustained: backlog of {calls:,} calls ({2 * calls:,} commands), "
+                f"{seconds} s each mode"
+            )
+            batched = await sustained(await fresh(), tmp, calls, seconds, True)
+            unbatched = await sustained(await fresh(), tmp, calls, seconds, False)
+            print(f"   ratio: {batched / unbatched if unbatched else float('inf'):.0f}")
+        for name in made:
+            await _pg_admin(args.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _pg_admin(url: str, sql: str) -> None:
+    engine = create_unpooled_engine(url)
+    try:
+        async with engine.connect() as connection:
+            connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(text(sql))
+    finally:
+        await engine.dispose()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -183,15 +184,20 @@ async def environment(
     portal_mounts: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
     settings_overrides: Mapping[str, Any] | None = None,
+    poll_interval: float = 0.05,
 ) -> AsyncIterator[Env]:
     """The harness of the client tests, with the PBX webhook and routing routes mounted too.
 
     ``portal_mounts`` give the portal other hosts to reach (e.g. a PBX serving ``RECORD_URL``s);
     ``wrap_transport`` wraps the transport callbridge reaches the portal through (to lose an
-    answer, say); ``settings_overrides`` change callbridge's settings.
+    answer, say); ``settings_overrides`` change callbridge's settings; ``poll_interval`` is the
+    dispatcher's (short, so that tests see retries soon; benchmarks pass the default).
     """
     settings = callbridge_settings(
-        database_url, var_dir, worker_poll_interval_seconds=0.05, **dict(settings_overrides or {})
+        database_url,
+        var_dir,
+        worker_poll_interval_seconds=poll_interval,
+        **dict(settings_overrides or {}),
     )
     engine = create_engine(database_url)
     session_factory = create_session_factory(engine)
@@ -232,7 +238,7 @@ async def environment(
         api_log,
     )
     dispatcher = Dispatcher(
-        settings, session_factory, portals=portals, poll_interval=0.05, batching=batching
+        settings, session_factory, portals=portals, poll_interval=poll_interval, batching=batching
     )
     # As build_worker runs them: on the dispatcher's Portals (one rate budget).
     uploads = upload_worker(settings, session_factory, portals, poll_interval=0.05)
@@ -368,6 +374,22 @@ class TestInbound:
         async with env.h.session_factory() as session:
             row = (await session.scalars(select(CallRow))).one()
         assert (row.crm_entity_type, row.crm_entity_id) == ("LEAD", call["CRM_ENTITY_ID"])
+
+
+class TestWakeUp:
+    async def test_a_webhooks_register_goes_at_once_not_at_the_next_poll(
+        self, fresh_database_url: str, tmp_path: Path
+    ) -> None:
+        # Polls 60 s apart: only the intake's word after its commit can make this quick.
+        async with environment(fresh_database_url, tmp_path, poll_interval=60.0) as env:
+            await asyncio.sleep(0.2)  # the dispatcher's first look-up, with nothing to find
+            posted = time.monotonic()
+            await env.post(inbound_answered("1764151250.1")[0])
+            async with asyncio.timeout(5):
+                # The portal is only seen over HTTP: nothing to wait on but its answer.
+                while "1764151250.1-0" not in await env.calls():  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            assert time.monotonic() - posted < 5
 
 
 class TestTransfers:

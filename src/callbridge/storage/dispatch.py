@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from callbridge.storage.models import (
@@ -77,6 +77,14 @@ class DispatchRepository:
     async def integration(self, integration_id: int) -> Bitrix24Integration | None:
         """The integration row (read afresh: another process may have changed its status)."""
         return await self.session.get(Bitrix24Integration, integration_id, populate_existing=True)
+
+    @staticmethod
+    def is_active(integration_id: int) -> ColumnElement[bool]:
+        """A condition for another statement: the integration exists and is active."""
+        return exists().where(
+            Bitrix24Integration.id == integration_id,
+            Bitrix24Integration.status == IntegrationStatus.ACTIVE.value,
+        )
 
     async def call_context(self, call_row_ids: Collection[int]) -> CallContext:
         """The known ``CALL_ID`` of each leg (by calls.id, leg) and the enterprise numbers."""

@@ -44,6 +44,7 @@ from callbridge.domain.events import Event, event_to_dict
 from callbridge.domain.ports import CallKey, CallRouting, InboxEntry, NewJob
 from callbridge.services.call_tracking import CallTrackingPorts
 from callbridge.storage.job_queue import DEFAULT_MAX_ATTEMPTS, NOTIFY_CHANNEL
+from callbridge.storage.job_signals import announce_committed
 from callbridge.storage.models import JobStatus
 from callbridge.storage.repositories.calls import summary_of
 from callbridge.storage.types import utcnow
@@ -137,6 +138,8 @@ class IntakeTransaction:
     def __init__(self, calls: CallCache | None = None) -> None:
         self._queued = set()
         self.jobs_queued = False
+        #: By job kind, the integrations whose jobs this transaction queued (told after commit).
+        self.queued_for: dict[str, set[int | None]] = {}
         self._cache = calls if calls is not None else CallCache()
         # Each locked call by row id: its key, and its model as stored (the text) now.
         self._locked: dict[int, tuple[CallKey, str]] = {}
@@ -272,6 +275,9 @@ class IntakeTransaction:
         ]
         ids = await self._insert_jobs(jobs, cancelled, utcnow())
         self._queued.update(i for i, dead in zip(ids, cancelled, strict=True) if not dead)
+        for job, dead in zip(jobs, cancelled, strict=True):
+            if not dead:
+                self.queued_for.setdefault(job.kind, set()).add(job.integration_id)
         self.jobs_queued = True
         return ids
 
@@ -755,6 +761,7 @@ class IntakeStore:
                 # On the driver's thread: a commit may checkpoint the WAL, and fsync.
                 await driver.commit()
             transaction.committed()
+            announce_committed(transaction.queued_for)
         except BaseException as err:
             if isinstance(err, _UNAVAILABLE) or not await _rolled_back(driver):
                 # Broken mid-transaction, or in an unknown state: never hand it out again.

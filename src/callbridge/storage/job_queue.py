@@ -68,6 +68,7 @@ from typing import Any, cast
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import (
+    ColumnElement,
     Table,
     and_,
     delete,
@@ -78,6 +79,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -350,6 +352,80 @@ class JobQueue:
         claimed = [ClaimedJob(**row._asdict()) for row in rows]
         claimed.sort(key=lambda job: job.id)
         return claimed
+
+    async def claim_keys(
+        self,
+        session: AsyncSession,
+        worker: str,
+        keys: Collection[str],
+        *,
+        kind: str,
+        integration_id: int | None = None,
+        holding: Collection[int] = (),
+        limit: int | None = None,
+        only_if: ColumnElement[bool] | None = None,
+    ) -> list[ClaimedJob]:
+        """Claim the run of ready jobs of each of these ordering keys, in two statements.
+
+        As :meth:`claim_chains`, restricted to ``keys``: a key's jobs are taken in id order
+        while each is due, of ``kind`` (and ``integration_id``), and its dependency (if any)
+        succeeded; jobs in ``holding`` (this worker's, unsent) are stepped over, and anything
+        else pending ends the run. At most ``limit`` jobs. ``only_if`` is one more condition of
+        the claim (e.g. that the portal is active). Expired leases are left to the other
+        claims. Meant for the transaction that enqueued those jobs, just before it commits.
+        """
+        if not keys or (limit is not None and limit < 1):
+            return []
+        now = self.now()
+        dependency = aliased(Job)
+        dependency_ok = or_(
+            Job.depends_on.is_(None),
+            exists().where(
+                dependency.id == Job.depends_on,
+                dependency.status == JobStatus.SUCCEEDED.value,
+            ),
+        )
+        takeable = and_(
+            Job.status == JobStatus.QUEUED.value,
+            Job.run_after <= now,
+            Job.kind == kind,
+            Job.integration_id == integration_id if integration_id is not None else true(),
+            dependency_ok,
+        )
+        rows = await session.execute(
+            select(Job.id, Job.ordering_key, takeable.label("takeable"))
+            .where(Job.ordering_key.in_(sorted(keys)), Job.status.in_(BLOCKING_STATUSES))
+            .order_by(Job.id)
+        )
+        held = set(holding)
+        stopped: set[str | None] = set()
+        chosen: list[int] = []
+        for job_id, key, ok in rows:
+            if key in stopped or job_id in held:
+                continue
+            if not ok or (limit is not None and len(chosen) >= limit):
+                stopped.add(key)
+                continue
+            chosen.append(job_id)
+        if not chosen:
+            return []
+        conditions = [_jobs.c.id.in_(chosen), _jobs.c.status == JobStatus.QUEUED.value]
+        if only_if is not None:
+            conditions.append(only_if)
+        statement = (
+            update(_jobs)
+            .where(*conditions)
+            .values(
+                status=JobStatus.RUNNING.value,
+                locked_by=worker,
+                lease_expires_at=now + self._lease,
+                attempts=_jobs.c.attempts + 1,
+                updated_at=now,
+            )
+            .returning(*_CLAIMED_COLUMNS)
+        )
+        claimed = (await session.execute(statement)).all()
+        return sorted((ClaimedJob(**row._asdict()) for row in claimed), key=lambda job: job.id)
 
     async def claim_chains(
         self,

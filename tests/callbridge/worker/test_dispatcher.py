@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from callbridge.domain.commands import split_portal_external_call_id
 from callbridge.domain.ports import NewJob
@@ -30,6 +33,37 @@ from tests.e2e.test_calls_e2e import KNOWN_CALLER, Env, environment, ev, inbound
 async def ids(queue: JobQueue, session: AsyncSession, **kw: object) -> list[int]:
     jobs = await queue.claim_chains(session, "w1", **kw)  # type: ignore[arg-type]
     return [job.id for job in jobs]
+
+
+class TestClaimKeys:
+    async def test_takes_each_asked_keys_run_of_ready_jobs(self, session: AsyncSession) -> None:
+        queue = JobQueue()
+        a = [await queue.enqueue(session, "x.y", ordering_key="call:1") for _ in range(2)]
+        b = await queue.enqueue(session, "x.y", ordering_key="call:2")
+        await queue.enqueue(session, "x.y", ordering_key="call:3")
+        claimed = await queue.claim_keys(session, "w1", ["call:1", "call:2"], kind="x.y")
+        assert [job.id for job in claimed] == [a[0].id, a[1].id, b.id]
+
+    async def test_a_pending_job_not_held_ends_its_keys_run(self, session: AsyncSession) -> None:
+        queue = JobQueue()
+        first = await queue.enqueue(session, "x.y", ordering_key="call:1")
+        await queue.claim(session, "other", limit=1)
+        second = await queue.enqueue(session, "x.y", ordering_key="call:1")
+        other_kind = await queue.enqueue(session, "x.z", ordering_key="call:1")
+        await queue.enqueue(session, "x.y", ordering_key="call:1")
+        assert await queue.claim_keys(session, "w1", ["call:1"], kind="x.y") == []
+        # Held by this worker: stepped over, up to the job of another kind.
+        claimed = await queue.claim_keys(session, "w1", ["call:1"], kind="x.y", holding=[first.id])
+        assert [job.id for job in claimed] == [second.id]
+        assert other_kind.id > second.id
+
+    async def test_limit_and_condition(self, session: AsyncSession) -> None:
+        queue = JobQueue()
+        a = [await queue.enqueue(session, "x.y", ordering_key="call:1") for _ in range(3)]
+        never = select(Job.id).where(Job.id < 0).exists()
+        assert await queue.claim_keys(session, "w1", ["call:1"], kind="x.y", only_if=never) == []
+        claimed = await queue.claim_keys(session, "w1", ["call:1"], kind="x.y", limit=2)
+        assert [job.id for job in claimed] == [a[0].id, a[1].id]
 
 
 class TestClaimChains:
@@ -412,6 +446,101 @@ class TestCommitWakeUps:
         finally:
             _listening.discard(recorder)  # type: ignore[arg-type]
         assert recorder.told == [{integration.id}]
+
+
+class TestHandOff:
+    """A register enqueued for a portal the dispatcher serves is claimed before the commit."""
+
+    async def test_the_register_of_a_new_call_goes_without_a_claim_transaction(
+        self, env: Env, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await env.post(*inbound_answered("1764170000.1"))  # the lane gets to know its portal
+        await env.settle()
+        claims: list[float] = []
+        claim = env.dispatcher._claim
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            claims.append(time.time())
+            return await claim(*args, **kwargs)
+
+        monkeypatch.setattr(env.dispatcher, "_claim", counted)
+        linkedid = "1764170000.2"
+        await env.post(inbound_answered(linkedid)[0])
+        # Committed and claimed together: never queued for the dispatcher to find.
+        (register,) = [j for j in await env.jobs() if j.payload["linkedid"] == linkedid]
+        assert register.status in (JobStatus.RUNNING, JobStatus.SUCCEEDED)
+        assert register.locked_by in (env.dispatcher.name, None)
+        await env.settle()
+        registered_at = (await env.calls())[f"{linkedid}-0"]["registered_at"]
+        assert [t for t in claims if t < registered_at] == []
+
+    async def test_nothing_is_claimed_for_a_paused_portal(self, env: Env) -> None:
+        await env.post(*inbound_answered("1764170000.3"))
+        await env.settle()
+        async with env.h.session_factory() as session, session.begin():
+            await session.execute(update(Bitrix24Integration).values(status="needs_reauth"))
+        linkedid = "1764170000.4"
+        await env.post(inbound_answered(linkedid)[0])
+        (register,) = [j for j in await env.jobs() if j.payload["linkedid"] == linkedid]
+        assert (register.status, register.attempts) == (JobStatus.QUEUED, 0)
+
+    async def test_a_commit_that_fails_hands_nothing_over(
+        self, env: Env, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await env.post(*inbound_answered("1764170000.5"))
+        await env.settle()
+        integration = await env.h.integration()
+        assert integration is not None
+        received: list[object] = []
+        monkeypatch.setattr(env.dispatcher, "receive", received.append)
+
+        def refuse(_session: Session) -> None:
+            raise RuntimeError("the commit fails")
+
+        register = {"command": {"kind": "register"}}
+        async with env.h.session_factory() as session:
+            await JobQueue().enqueue_many(
+                session,
+                [NewJob(kind=DISPATCHER_KIND, payload=register, integration_id=integration.id)],
+            )
+            # After the dispatcher's hook: it has claimed when the commit fails.
+            event.listen(Session, "before_commit", refuse)
+            try:
+                with pytest.raises(RuntimeError):
+                    await session.commit()
+            finally:
+                event.remove(Session, "before_commit", refuse)
+            await session.rollback()
+            # The session's next transaction must not deliver the rolled-back claim.
+            await session.execute(select(Job.id).limit(1))
+            await session.commit()
+        assert received == []
+        assert [j for j in await env.jobs() if not j.payload.get("linkedid")] == []
+
+    async def test_a_hand_off_to_a_lingering_lane_does_not_block_the_loop(self, env: Env) -> None:
+        integration = await env.h.integration()
+        assert integration is not None
+        linkedid = "1764170000.7"
+        answered = inbound_answered(linkedid)
+        await env.post(*answered[:3])
+        await env.settle()
+        await env.post(answered[3])  # its finish lingers for company
+        for _ in range(100):
+            if any(lane.held for lane in env.dispatcher._lanes.values()):
+                break
+            await asyncio.sleep(0.01)
+        # What a hand-off does to a running lane: work is there, no claim needed.
+        env.dispatcher._start_lanes([integration.id], claim=False)
+        gaps: list[float] = []
+        last = time.monotonic()
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+        assert max(gaps) < 0.5, f"the event loop stalled {max(gaps):.2f}s"
+        await env.settle()
+        assert (await env.calls())[f"{linkedid}-0"]["state"] == "finished"
 
 
 class TestStop:

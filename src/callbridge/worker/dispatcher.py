@@ -52,16 +52,18 @@ What a failure of the whole request does, by the client's error class:
 - anything else: the retry policy decides, spending an attempt.
 
 Wake-ups: PostgreSQL ``NOTIFY``, a commit in this process that enqueued a command (all-in-one
-mode, either database: it runs that portal's lane at once, with no look-up first), a lane's own
-progress, or the poll interval.
+mode, either database: it runs that portal's lane at once, with no look-up first; a Session's
+commit is seen by its hooks, the webhook intake's plain-SQL commit is announced through
+:mod:`callbridge.storage.job_signals`), a lane's own progress, or the poll interval.
 
-Hand-off: a transaction of this process that enqueues a ``register`` or ``show`` for a portal
+Hand-off: a Session transaction of this process (the AMI listener's, a job's) that enqueues a
+``register`` or ``show`` for a portal
 whose lane is known and not paused claims, just before it commits (a ``before_commit`` hook),
 the ready commands of those calls (:meth:`JobQueue.claim_keys`: the same leases and order rule
 as the lane's claims, so a register, show and finish enqueued together still share a request,
 and a command whose call has an earlier one pending elsewhere is left to the lane). Once it
 commits, the lane holds them and sends the register at once: no claim transaction, and on
-SQLite no wait for the one connection, between the webhook's commit and the request. A failed
+SQLite no wait for the one connection, between the commit and the request. A failed
 commit rolls the claim back with everything else. A register or show handed over while the
 lane sends goes next, before its next claim.
 """

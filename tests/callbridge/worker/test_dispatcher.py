@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,9 @@ from sqlalchemy.orm import Session
 
 from callbridge.domain.commands import split_portal_external_call_id
 from callbridge.domain.ports import NewJob
+from callbridge.pbx.webhook import parse_events_json
+from callbridge.services.call_tracking import track_events
+from callbridge.storage.call_tracking import call_tracking_ports
 from callbridge.storage.job_queue import JobQueue
 from callbridge.storage.models import (
     Bitrix24Call,
@@ -465,7 +469,18 @@ class TestHandOff:
 
         monkeypatch.setattr(env.dispatcher, "_claim", counted)
         linkedid = "1764170000.2"
-        await env.post(inbound_answered(linkedid)[0])
+        # Applied in a Session's transaction, as the AMI listener applies its facts (the
+        # webhook's plain-SQL intake wakes the lane after its commit instead).
+        integration = await env.h.integration()
+        assert integration is not None
+        assert integration.enterprise_id is not None
+        facts = [
+            e.to_domain() for e in parse_events_json(json.dumps([inbound_answered(linkedid)[0]]))
+        ]
+        async with env.h.session_factory() as session, session.begin():
+            await track_events(
+                call_tracking_ports(session, env.h.box), integration.enterprise_id, facts
+            )
         # Committed and claimed together: never queued for the dispatcher to find.
         (register,) = [j for j in await env.jobs() if j.payload["linkedid"] == linkedid]
         assert register.status in (JobStatus.RUNNING, JobStatus.SUCCEEDED)

@@ -712,9 +712,12 @@ class IntakeStore:
         if held is not None:
             try:
                 return held, await self._begin_on(held)
-            except _UNAVAILABLE:
-                # Lost while kept (say, the server restarted): nothing was sent, so a
-                # connection from the pool (pinged) may begin instead.
+            except Exception:  # noqa: BLE001 - any failure of a kept connection's BEGIN
+                # Lost while kept (say, the server restarted or ended the backend): BEGIN was
+                # all it was sent, so a connection from the pool (pinged) may begin instead.
+                # asyncpg does not always say so with a connection error: a termination it
+                # is still reading can surface as InternalClientError ("another operation is
+                # in progress").
                 await held.close()
             except BaseException:
                 await held.close()

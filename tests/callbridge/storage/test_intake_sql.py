@@ -359,6 +359,39 @@ class TestConnection:
         finally:
             await store.release()
 
+    async def test_a_kept_connection_whose_begin_fails_oddly_is_replaced(
+        self,
+        engine: AsyncEngine,
+        factory: async_sessionmaker[AsyncSession],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # asyncpg may report a backend ended while the connection was kept not as a lost
+        # connection but as "another operation is in progress": still only BEGIN was sent.
+        if engine.dialect.name != "postgresql":
+            pytest.skip("only PostgreSQL connections are kept")
+        from asyncpg.exceptions import InternalClientError
+
+        (tenant,) = await tenants(factory, 1)
+        store = IntakeStore(engine)
+        try:
+            await through_intake(store, factory, tenant, answered_call("L1")[:1])
+            kept = store._held
+            assert kept is not None
+            begin_on = store._begin_on
+
+            async def odd_on_the_kept(connection: Any) -> Any:
+                if connection is kept:
+                    await connection.invalidate()
+                    raise InternalClientError("cannot switch to state 15")
+                return await begin_on(connection)
+
+            monkeypatch.setattr(store, "_begin_on", odd_on_the_kept)
+            outcomes = await through_intake(store, factory, tenant, answered_call("L2")[:1])
+            assert outcomes == [Outcome.ACCEPTED]
+            assert store._held is not kept
+        finally:
+            await store.release()
+
     async def test_a_kept_connection_lost_meanwhile_is_replaced(
         self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
     ) -> None:

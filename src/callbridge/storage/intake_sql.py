@@ -46,7 +46,7 @@ from callbridge.services.call_tracking import CallTrackingPorts
 from callbridge.storage.job_queue import DEFAULT_MAX_ATTEMPTS, NOTIFY_CHANNEL
 from callbridge.storage.job_signals import announce_committed
 from callbridge.storage.models import JobStatus
-from callbridge.storage.repositories.calls import summary_of
+from callbridge.storage.repositories.calls import SUMMARY_COLUMNS, summary_of
 from callbridge.storage.types import utcnow
 
 __all__ = ["CallCache", "IntakeStore", "IntakeTransaction", "PreloadedRouting"]
@@ -341,29 +341,11 @@ _JOB_COLUMNS = (
     "kind, payload, status, ordering_key, depends_on, run_after, max_attempts, integration_id, "
     "call_id, attempts, created_at, updated_at, finished_at, last_error"
 )
-_SUMMARY_COLUMNS = (
-    "model",
-    "state",
-    "direction",
-    "external_number",
-    "line_number",
-    "ringing",
-    "answered_by",
-    "bitrix24_call_id",
-    "crm_entity_type",
-    "crm_entity_id",
-    "started_at",
-    "answered_at",
-    "ended_at",
-    "status_code",
-    "talk_seconds",
-    "recording",
-)
 _JSON_SUMMARY = frozenset({"model", "ringing"})
 _TIME_SUMMARY = frozenset({"started_at", "answered_at", "ended_at"})
 _SQLITE_UPDATE_CALL = (
     "UPDATE calls SET "
-    + ", ".join(f"{name} = ?" for name in (*_SUMMARY_COLUMNS, "updated_at"))
+    + ", ".join(f"{name} = ?" for name in (*SUMMARY_COLUMNS, "updated_at"))
     + " WHERE id = ?"
 )
 
@@ -453,7 +435,7 @@ class _SqliteTransaction(IntakeTransaction):
         models: dict[int, str] = {}
         for row_id, summary in summaries:
             values: list[Any] = []
-            for name in _SUMMARY_COLUMNS:
+            for name in SUMMARY_COLUMNS:
                 value = summary[name]
                 if name in _JSON_SUMMARY:
                     value = _dumps(value)
@@ -603,10 +585,10 @@ class _PostgresTransaction(IntakeTransaction):
     async def _update_calls(
         self, summaries: Sequence[tuple[int, dict[str, Any]]], now: datetime
     ) -> dict[int, str]:
-        columns: list[list[Any]] = [[] for _ in range(len(_SUMMARY_COLUMNS) + 1)]
+        columns: list[list[Any]] = [[] for _ in range(len(SUMMARY_COLUMNS) + 1)]
         for row_id, summary in summaries:
             columns[0].append(row_id)
-            for index, name in enumerate(_SUMMARY_COLUMNS, start=1):
+            for index, name in enumerate(SUMMARY_COLUMNS, start=1):
                 value = summary[name]
                 columns[index].append(_dumps(value) if name in _JSON_SUMMARY else value)
         # jsonb keeps its own spelling of the document: the text to remember is its.

@@ -24,7 +24,8 @@ from callbridge.storage.repositories.base import Repository
 from callbridge.storage.types import utcnow
 
 _calls = cast(Table, CallRow.__table__)
-_SUMMARY_COLUMNS = (
+#: The calls columns that :func:`summary_of` fills, in a fixed order (the bulk writers' too).
+SUMMARY_COLUMNS = (
     "model",
     "state",
     "direction",
@@ -46,7 +47,7 @@ _SUMMARY_COLUMNS = (
 _UPDATE_SUMMARY = (
     update(_calls)
     .where(_calls.c.id == bindparam("row_id"))
-    .values({name: bindparam(name) for name in (*_SUMMARY_COLUMNS, "updated_at")})
+    .values({name: bindparam(name) for name in (*SUMMARY_COLUMNS, "updated_at")})
 )
 
 
@@ -163,7 +164,7 @@ class CallRepository(Repository[CallRow]):
             key = self.session.sync_session.identity_key(CallRow, values["row_id"])
             row = identity_map.get(key)
             if row is not None:
-                for name in (*_SUMMARY_COLUMNS, "updated_at"):
+                for name in (*SUMMARY_COLUMNS, "updated_at"):
                     set_committed_value(row, name, values[name])
 
     async def by_linkedid(self, enterprise_id: int, linkedid: str) -> CallRow | None:

@@ -409,23 +409,7 @@ class JobQueue:
             chosen.append(job_id)
         if not chosen:
             return []
-        conditions = [_jobs.c.id.in_(chosen), _jobs.c.status == JobStatus.QUEUED.value]
-        if only_if is not None:
-            conditions.append(only_if)
-        statement = (
-            update(_jobs)
-            .where(*conditions)
-            .values(
-                status=JobStatus.RUNNING.value,
-                locked_by=worker,
-                lease_expires_at=now + self._lease,
-                attempts=_jobs.c.attempts + 1,
-                updated_at=now,
-            )
-            .returning(*_CLAIMED_COLUMNS)
-        )
-        claimed = (await session.execute(statement)).all()
-        return sorted((ClaimedJob(**row._asdict()) for row in claimed), key=lambda job: job.id)
+        return await self._take(session, chosen, worker, now, only_if)
 
     async def claim_chains(
         self,
@@ -537,9 +521,23 @@ class JobQueue:
             chosen.extend(run[: limit - len(chosen)])
             if len(chosen) >= limit:
                 break
+        return await self._take(session, chosen, worker, now)
+
+    async def _take(
+        self,
+        session: AsyncSession,
+        chosen: Sequence[int],
+        worker: str,
+        now: datetime,
+        only_if: ColumnElement[bool] | None = None,
+    ) -> list[ClaimedJob]:
+        """Lease the chosen jobs that are still queued (and meet ``only_if``); them, by id."""
+        conditions = [_jobs.c.id.in_(chosen), _jobs.c.status == JobStatus.QUEUED.value]
+        if only_if is not None:
+            conditions.append(only_if)
         statement = (
             update(_jobs)
-            .where(_jobs.c.id.in_(chosen), _jobs.c.status == JobStatus.QUEUED.value)
+            .where(*conditions)
             .values(
                 status=JobStatus.RUNNING.value,
                 locked_by=worker,

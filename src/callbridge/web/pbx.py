@@ -299,15 +299,7 @@ async def _receive_fast(request: Request) -> Response | None:
         enterprise,
         facts,
     )
-    accepted = sum(1 for outcome in outcomes if outcome is Outcome.ACCEPTED)
-    body = {
-        "accepted": accepted,
-        "duplicates": len(outcomes) - accepted,
-        "events": [
-            {"event_id": event.event_id, "status": outcome.value}
-            for event, outcome in zip(events, outcomes, strict=True)
-        ],
-    }
+    body = _answer(events, outcomes)
     return JSONResponse(body, status_code=202)
 
 
@@ -450,8 +442,15 @@ async def _accept(
     except Exception:  # noqa: BLE001 - the route answers it, as it answers any error
         # Refused, invalid or failed, and nothing of it stored.
         return None
+    answer = _answer(events, outcomes)
+    # As Starlette's JSONResponse renders it.
+    return json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _answer(events: Sequence[Any], outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """The 202 body (:class:`IngestResponse`'s shape) of a fast path."""
     accepted = sum(1 for outcome in outcomes if outcome is Outcome.ACCEPTED)
-    answer = {
+    return {
         "accepted": accepted,
         "duplicates": len(outcomes) - accepted,
         "events": [
@@ -459,5 +458,3 @@ async def _accept(
             for event, outcome in zip(events, outcomes, strict=True)
         ],
     }
-    # As Starlette's JSONResponse renders it.
-    return json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()

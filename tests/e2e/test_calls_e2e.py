@@ -122,6 +122,39 @@ class Env:
             if r.get("method") and not str(r.get("method")).startswith("oauth")
         ]
 
+    async def wait_for_jobs(self, done: Callable[[list[Job]], bool], seconds: float = 15.0) -> None:
+        """Wait until the jobs are as ``done`` wants them."""
+        for _ in range(int(seconds / 0.05)):
+            if done(await self.jobs()):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"jobs never settled: {[(j.id, j.status) for j in await self.jobs()]}")
+
+    async def add_fired_user(self) -> str:
+        """Give an extension to the seed's user 4, who was fired; return the extension.
+
+        Bitrix24 refuses to register a call for a fired user.
+        """
+        async with self.h.session_factory() as session, session.begin():
+            integration = await self.h.integration()
+            assert integration is not None
+            session.add(Bitrix24User(integration_id=integration.id, user_id=4, extension="104"))
+        return "104"
+
+    async def revoke_tokens(self) -> None:
+        """The portal's stored tokens stop working; the ones held in memory are forgotten."""
+        async with self.h.session_factory() as session, session.begin():
+            repo = IntegrationRepository(session, self.h.box)
+            row = await repo.by_member_id(self.h.emulator.portal.member_id)
+            assert row is not None
+            await repo.set_tokens(
+                row,
+                access_token="revoked",
+                refresh_token="revoked",
+                expires_at=row.expires_at or datetime.now(UTC) + timedelta(hours=1),
+            )
+        self.h.portals._credentials.clear()  # as a restarted process would load them
+
 
 def at(seconds: float) -> str:
     return (T0 + timedelta(seconds=seconds)).isoformat()
@@ -135,6 +168,21 @@ def ev(type_: str, linkedid: str, n: int, seconds: float, **fields: Any) -> dict
         "timestamp": at(seconds),
         **fields,
     }
+
+
+def outbound_started(
+    linkedid: str, *, extension: str, number: str = KNOWN_CALLER
+) -> dict[str, Any]:
+    """An employee at ``extension`` calls ``number``."""
+    return ev(
+        "call.started",
+        linkedid,
+        1,
+        0,
+        direction="outbound",
+        external_number=number,
+        extension=extension,
+    )
 
 
 def inbound_answered(linkedid: str, *, caller: str = KNOWN_CALLER, talk: int = 42) -> list[Any]:
@@ -396,15 +444,7 @@ class TestOutbound:
     async def test_outbound_from_a_desk_phone_is_type_1(self, env: Env) -> None:
         linkedid = "1764151200.7"
         await env.post(
-            ev(
-                "call.started",
-                linkedid,
-                1,
-                0,
-                direction="outbound",
-                external_number=KNOWN_CALLER,
-                extension="103",
-            ),
+            outbound_started(linkedid, extension="103"),
             ev("call.answered", linkedid, 2, 8),
             ev("call.ended", linkedid, 3, 28, disposition="answered", talk_seconds=20),
         )
@@ -482,17 +522,7 @@ class TestBacklog:
 
 class TestReauthorisation:
     async def test_refused_tokens_pause_the_portal_until_it_is_reconnected(self, env: Env) -> None:
-        async with env.h.session_factory() as session, session.begin():
-            repo = IntegrationRepository(session, env.h.box)
-            row = await repo.by_member_id(env.h.emulator.portal.member_id)
-            assert row is not None
-            await repo.set_tokens(
-                row,
-                access_token="revoked",
-                refresh_token="revoked",
-                expires_at=row.expires_at or datetime.now(UTC) + timedelta(hours=1),
-            )
-        env.h.portals._credentials.clear()  # as a restarted process would load them
+        await env.revoke_tokens()
         await env.post(*inbound_answered("1764153000.1"))
         for _ in range(200):
             integration = await _integration(env)

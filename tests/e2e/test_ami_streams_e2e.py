@@ -33,7 +33,6 @@ from callbridge.pbx.ami.replay import AmiReplayServer, Recording
 from callbridge.pbx.ami.translate_config import parse_channel
 from callbridge.storage.models import Call as CallRow
 from callbridge.storage.models import Enterprise, Job, JobStatus
-from callbridge.storage.repositories import IntegrationRepository
 from callbridge.web import bitrix24_app
 from callbridge.worker.ami import AmiSupervisor
 from callbridge.worker.click_to_call import register_click_to_call_jobs
@@ -233,28 +232,21 @@ async def environment(
         settings, session_factory, portals, box = h.settings, h.session_factory, h.portals, h.box
         tasks: list[asyncio.Task[None]] = []
         try:
-            await h.register_app()
-            await h.install()
-            async with session_factory() as session, session.begin():
-                enterprise = Enterprise(
-                    number="100",
-                    ami_url_enc=box.encrypt(f"ami://crm:crm-secret@127.0.0.1:{replay.port}"),
-                )
-                session.add(enterprise)
-                await session.flush()
-                row = await IntegrationRepository(session, box).by_member_id(
-                    h.emulator.portal.member_id
-                )
-                assert row is not None
-                row.enterprise_id = enterprise.id
-                row.settings = {
+            enterprise = Enterprise(
+                number="100",
+                ami_url_enc=box.encrypt(f"ami://crm:crm-secret@127.0.0.1:{replay.port}"),
+            )
+            integration = await h.install_for(
+                enterprise,
+                {
                     "default_user_id": DEFAULT_USER,
                     "lead_creation": "inbound",
                     "lines": [{"number": OUTBOUND_LINE, "pbx_line": "trunk"}],
-                } | (integration_settings or {})
-                integration_id, enterprise_id = row.id, enterprise.id
+                }
+                | (integration_settings or {}),
+            )
             # The employees' extensions come from the portal (UF_PHONE_INNER), as in production.
-            await sync_integration_users(portals, integration_id)
+            await sync_integration_users(portals, integration.id)
             dispatcher = Dispatcher(settings, session_factory, portals=portals, poll_interval=0.05)
             registry = JobRegistry()
             register_click_to_call_jobs(registry, PortalsHolder(settings, session_factory, portals))
@@ -282,7 +274,7 @@ async def environment(
                 asyncio.create_task(worker.run()),
                 asyncio.create_task(supervisor.run()),
             ]
-            yield Env(h, replay, dispatcher, supervisor, enterprise_id)
+            yield Env(h, replay, dispatcher, supervisor, enterprise.id)
         finally:
             for task in reversed(tasks):
                 task.cancel()

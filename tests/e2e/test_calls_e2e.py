@@ -252,21 +252,16 @@ async def environment(
         task: asyncio.Task[None] | None = None
         uploading: asyncio.Task[None] | None = None
         try:
-            await h.register_app()
-            await h.install()
+            integration = await h.install_for(
+                Enterprise(number=ENTERPRISE, webhook_secret_enc=box.encrypt(TOKEN)),
+                {"default_user_id": 1, "lead_creation": "inbound"},
+            )
             async with session_factory() as session, session.begin():
-                enterprise = Enterprise(number=ENTERPRISE, webhook_secret_enc=box.encrypt(TOKEN))
-                session.add(enterprise)
-                await session.flush()
-                row = await IntegrationRepository(session, box).by_member_id(
-                    h.emulator.portal.member_id
-                )
-                assert row is not None
-                row.enterprise_id = enterprise.id
-                row.settings = {"default_user_id": 1, "lead_creation": "inbound"}
                 for extension, user in USERS.items():
                     session.add(
-                        Bitrix24User(integration_id=row.id, user_id=user, extension=extension)
+                        Bitrix24User(
+                            integration_id=integration.id, user_id=user, extension=extension
+                        )
                     )
             task = asyncio.create_task(dispatcher.run())
             uploading = asyncio.create_task(uploads.run())

@@ -28,7 +28,7 @@ from callbridge.crm.bitrix24.api_log import MemoryApiLog
 from callbridge.portals import Portals
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
-from callbridge.storage.models import Bitrix24Integration
+from callbridge.storage.models import Bitrix24Integration, Enterprise
 from callbridge.storage.repositories import IntegrationRepository
 from callbridge.web.bitrix24_app import router
 
@@ -81,6 +81,27 @@ class Harness:
         response = await self.emulator_http.post(f"/_emulator/apps/{CLIENT_ID}/install")
         response.raise_for_status()
         return response.json()  # type: ignore[no-any-return]
+
+    async def install_for(
+        self, enterprise: Enterprise, settings: dict[str, Any] | None = None
+    ) -> Bitrix24Integration:
+        """Register and install the app, then link the portal to the new ``enterprise``.
+
+        ``settings`` replace the integration's settings (kept as installed when None).
+        """
+        await self.register_app()
+        await self.install()
+        async with self.session_factory() as session, session.begin():
+            session.add(enterprise)
+            await session.flush()
+            row = await IntegrationRepository(session, self.box).by_member_id(
+                self.emulator.portal.member_id
+            )
+            assert row is not None
+            row.enterprise_id = enterprise.id
+            if settings is not None:
+                row.settings = settings
+        return row
 
     async def integration(self) -> Bitrix24Integration | None:
         """The stored integration of the emulated portal."""

@@ -7,7 +7,8 @@ database's) prints one line on stderr and exits with status 1, without a traceba
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from typing import Any, NoReturn, TypeVar
 
 import typer
@@ -17,6 +18,7 @@ from callbridge.config import Settings, load_settings
 from callbridge.domain.errors import CallbridgeError
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 def settings_from(ctx: typer.Context) -> Settings:
@@ -40,3 +42,17 @@ def run_or_fail(main: Coroutine[Any, Any, T], on_error: Callable[[str], NoReturn
     except SQLAlchemyError as err:
         detail = str(getattr(err, "orig", None) or err).splitlines()[0]
         on_error(f"database error: {detail} (is the database reachable and migrated?)")
+
+
+def run_in(
+    ctx: typer.Context,
+    open_context: Callable[[Settings], AbstractAsyncContextManager[C]],
+    action: Callable[[C], Awaitable[T]],
+) -> T:
+    """Run ``action`` in the context opened on the command's settings, as :func:`run_or_fail`."""
+
+    async def main() -> T:
+        async with open_context(settings_from(ctx)) as context:
+            return await action(context)
+
+    return run_or_fail(main())

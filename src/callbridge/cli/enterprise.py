@@ -23,7 +23,7 @@ from typing import Annotated, TypeVar
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from callbridge.cli.common import fail, run_or_fail, settings_from
+from callbridge.cli.common import fail, run_in, settings_from
 from callbridge.config import Settings
 from callbridge.domain.errors import CallbridgeError
 from callbridge.storage.crypto import SecretBox
@@ -60,11 +60,7 @@ async def _open(settings: Settings) -> AsyncIterator[_Context]:
 
 
 def _run(ctx: typer.Context, action: Callable[[_Context], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with _open(settings_from(ctx)) as context:
-            return await action(context)
-
-    return run_or_fail(main())
+    return run_in(ctx, _open, action)
 
 
 def _webhook_url(settings: Settings, number: str) -> str:

@@ -19,7 +19,7 @@ import typer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callbridge import __version__
-from callbridge.cli.common import run_or_fail, settings_from
+from callbridge.cli.common import run_in
 from callbridge.config import Settings
 from callbridge.crm.bitrix24.errors import Bitrix24Error
 from callbridge.domain.errors import CallbridgeError
@@ -67,11 +67,7 @@ async def _open(settings: Settings) -> AsyncIterator[_Context]:
 
 
 def _run(ctx: typer.Context, action: Callable[[_Context], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with _open(settings_from(ctx)) as context:
-            return await action(context)
-
-    return run_or_fail(main())
+    return run_in(ctx, _open, action)
 
 
 async def _in_transaction(context: _Context, action: Callable[[AsyncSession], Awaitable[T]]) -> T:

@@ -21,26 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import select
 
-from bitrix24_emulator.app import create_app
 from bitrix24_emulator.config import EmulatorConfig
 from bitrix24_emulator.seed import DEFAULT_SEED
-from callbridge.crm.bitrix24.api_log import MemoryApiLog
 from callbridge.directory import sync_integration_users
 from callbridge.pbx.ami.client import Backoff
 from callbridge.pbx.ami.listener import AmiListener
 from callbridge.pbx.ami.replay import AmiReplayServer, Recording
 from callbridge.pbx.ami.translate_config import parse_channel
-from callbridge.portals import Portals
-from callbridge.storage.crypto import SecretBox
-from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.models import Call as CallRow
 from callbridge.storage.models import Enterprise, Job, JobStatus
-from callbridge.storage.repositories import IntegrationRepository
 from callbridge.web import bitrix24_app
 from callbridge.worker.ami import AmiSupervisor
 from callbridge.worker.click_to_call import register_click_to_call_jobs
@@ -48,13 +40,7 @@ from callbridge.worker.directory import PortalsHolder
 from callbridge.worker.dispatcher import Dispatcher
 from callbridge.worker.registry import JobRegistry
 from callbridge.worker.worker import Worker
-from tests.callbridge.crm.bitrix24.harness import (
-    CALLBRIDGE,
-    PORTAL,
-    Harness,
-    callbridge_settings,
-    with_state,
-)
+from tests.callbridge.crm.bitrix24.harness import Harness, harness
 from tests.callbridge.pbx.ami.conftest import stream
 
 TIMEOUT = 20.0
@@ -236,102 +222,64 @@ async def environment(
     client_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[Env]:
     """Both sides over ASGI, the enterprise's AMI URL pointing at ``replay``, workers running."""
-    settings = callbridge_settings(database_url, var_dir, worker_poll_interval_seconds=0.05)
-    engine = create_engine(database_url)
-    session_factory = create_session_factory(engine)
-    box = SecretBox(settings.fernet_keys())
-    app = FastAPI()
-    app.include_router(bitrix24_app.router)
-    holder: dict[str, Any] = {}
-    to_callbridge = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=with_state(app, holder)), base_url=CALLBRIDGE
-    )
-    config = EmulatorConfig(
-        base_url=PORTAL, domain="portal.test", http_client=to_callbridge, seed=seed
-    )
-    emulator_app = create_app(config)
-    to_emulator = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=emulator_app), base_url=PORTAL
-    )
-    api_log = MemoryApiLog()
-    portals = Portals(settings, session_factory, to_emulator, box, api_log=api_log)
-    holder.update(
-        settings=settings,
-        session_factory=session_factory,
-        http_client=to_emulator,
-        secret_box=box,
-        bitrix24_portals=portals,
-    )
-    h = Harness(
-        emulator_app.state.emulator,
-        to_emulator,
-        to_callbridge,
-        portals,
-        session_factory,
-        box,
-        settings,
-        api_log,
-    )
-    tasks: list[asyncio.Task[None]] = []
-    try:
-        await h.register_app()
-        await h.install()
-        async with session_factory() as session, session.begin():
+    async with harness(
+        database_url,
+        var_dir,
+        EmulatorConfig(seed=seed),
+        routers=(bitrix24_app.router,),
+        settings_overrides={"worker_poll_interval_seconds": 0.05},
+    ) as h:
+        settings, session_factory, portals, box = h.settings, h.session_factory, h.portals, h.box
+        tasks: list[asyncio.Task[None]] = []
+        try:
             enterprise = Enterprise(
                 number="100",
                 ami_url_enc=box.encrypt(f"ami://crm:crm-secret@127.0.0.1:{replay.port}"),
             )
-            session.add(enterprise)
-            await session.flush()
-            row = await IntegrationRepository(session, box).by_member_id(
-                h.emulator.portal.member_id
+            integration = await h.install_for(
+                enterprise,
+                {
+                    "default_user_id": DEFAULT_USER,
+                    "lead_creation": "inbound",
+                    "lines": [{"number": OUTBOUND_LINE, "pbx_line": "trunk"}],
+                }
+                | (integration_settings or {}),
             )
-            assert row is not None
-            row.enterprise_id = enterprise.id
-            row.settings = {
-                "default_user_id": DEFAULT_USER,
-                "lead_creation": "inbound",
-                "lines": [{"number": OUTBOUND_LINE, "pbx_line": "trunk"}],
-            } | (integration_settings or {})
-            integration_id, enterprise_id = row.id, enterprise.id
-        # The employees' extensions come from the portal (UF_PHONE_INNER), as in production.
-        await sync_integration_users(portals, integration_id)
-        dispatcher = Dispatcher(settings, session_factory, portals=portals, poll_interval=0.05)
-        registry = JobRegistry()
-        register_click_to_call_jobs(registry, PortalsHolder(settings, session_factory, portals))
-        worker = Worker(
-            session_factory, registry, kinds=registry.kinds, poll_interval=0.05, concurrency=2
-        )
-        supervisor = AmiSupervisor(
-            session_factory,
-            engine,
-            box,
-            holder="e2e",
-            poll_interval=0.1,
-            lock_retry_interval=0.1,
-            lock_check_interval=1.0,
-            status_interval=0.2,
-            client_options={
-                "ping_interval": None,
-                "connect_timeout": 2.0,
-                "backoff": Backoff(initial=0.05, maximum=0.2, jitter=0.0),
-            }
-            | (client_options or {}),
-        )
-        tasks = [
-            asyncio.create_task(dispatcher.run()),
-            asyncio.create_task(worker.run()),
-            asyncio.create_task(supervisor.run()),
-        ]
-        yield Env(h, replay, dispatcher, supervisor, enterprise_id)
-    finally:
-        for task in reversed(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await replay.close()
-        await to_callbridge.aclose()
-        await to_emulator.aclose()
-        await engine.dispose()
+            # The employees' extensions come from the portal (UF_PHONE_INNER), as in production.
+            await sync_integration_users(portals, integration.id)
+            dispatcher = Dispatcher(settings, session_factory, portals=portals, poll_interval=0.05)
+            registry = JobRegistry()
+            register_click_to_call_jobs(registry, PortalsHolder(settings, session_factory, portals))
+            worker = Worker(
+                session_factory, registry, kinds=registry.kinds, poll_interval=0.05, concurrency=2
+            )
+            supervisor = AmiSupervisor(
+                session_factory,
+                h.engine,
+                box,
+                holder="e2e",
+                poll_interval=0.1,
+                lock_retry_interval=0.1,
+                lock_check_interval=1.0,
+                status_interval=0.2,
+                client_options={
+                    "ping_interval": None,
+                    "connect_timeout": 2.0,
+                    "backoff": Backoff(initial=0.05, maximum=0.2, jitter=0.0),
+                }
+                | (client_options or {}),
+            )
+            tasks = [
+                asyncio.create_task(dispatcher.run()),
+                asyncio.create_task(worker.run()),
+                asyncio.create_task(supervisor.run()),
+            ]
+            yield Env(h, replay, dispatcher, supervisor, enterprise.id)
+        finally:
+            for task in reversed(tasks):
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await replay.close()
 
 
 async def replayer(*names: str, **options: Any) -> AmiReplayServer:

@@ -20,17 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import select
 
-from bitrix24_emulator.app import create_app
-from bitrix24_emulator.config import EmulatorConfig
-from callbridge.crm.bitrix24.api_log import MemoryApiLog
 from callbridge.domain.commands import split_portal_external_call_id
-from callbridge.portals import Portals
 from callbridge.services.call_tracking import BITRIX24_COMMAND_JOB, BITRIX24_UPLOAD_JOB
-from callbridge.storage.crypto import SecretBox
-from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.job_queue import list_jobs
 from callbridge.storage.models import (
     Bitrix24Call,
@@ -47,13 +40,7 @@ from callbridge.web import bitrix24_app, pbx, routing
 from callbridge.worker.dispatcher import Dispatcher
 from callbridge.worker.uploads import upload_worker
 from callbridge.worker.worker import Worker
-from tests.callbridge.crm.bitrix24.harness import (
-    CALLBRIDGE,
-    PORTAL,
-    Harness,
-    callbridge_settings,
-    with_state,
-)
+from tests.callbridge.crm.bitrix24.harness import Harness, harness
 
 ENTERPRISE = "100"
 TOKEN = "pbx-token-0123456789abcdef"
@@ -135,6 +122,39 @@ class Env:
             if r.get("method") and not str(r.get("method")).startswith("oauth")
         ]
 
+    async def wait_for_jobs(self, done: Callable[[list[Job]], bool], seconds: float = 15.0) -> None:
+        """Wait until the jobs are as ``done`` wants them."""
+        for _ in range(int(seconds / 0.05)):
+            if done(await self.jobs()):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"jobs never settled: {[(j.id, j.status) for j in await self.jobs()]}")
+
+    async def add_fired_user(self) -> str:
+        """Give an extension to the seed's user 4, who was fired; return the extension.
+
+        Bitrix24 refuses to register a call for a fired user.
+        """
+        async with self.h.session_factory() as session, session.begin():
+            integration = await self.h.integration()
+            assert integration is not None
+            session.add(Bitrix24User(integration_id=integration.id, user_id=4, extension="104"))
+        return "104"
+
+    async def revoke_tokens(self) -> None:
+        """The portal's stored tokens stop working; the ones held in memory are forgotten."""
+        async with self.h.session_factory() as session, session.begin():
+            repo = IntegrationRepository(session, self.h.box)
+            row = await repo.by_member_id(self.h.emulator.portal.member_id)
+            assert row is not None
+            await repo.set_tokens(
+                row,
+                access_token="revoked",
+                refresh_token="revoked",
+                expires_at=row.expires_at or datetime.now(UTC) + timedelta(hours=1),
+            )
+        self.h.portals._credentials.clear()  # as a restarted process would load them
+
 
 def at(seconds: float) -> str:
     return (T0 + timedelta(seconds=seconds)).isoformat()
@@ -148,6 +168,21 @@ def ev(type_: str, linkedid: str, n: int, seconds: float, **fields: Any) -> dict
         "timestamp": at(seconds),
         **fields,
     }
+
+
+def outbound_started(
+    linkedid: str, *, extension: str, number: str = KNOWN_CALLER
+) -> dict[str, Any]:
+    """An employee at ``extension`` calls ``number``."""
+    return ev(
+        "call.started",
+        linkedid,
+        1,
+        0,
+        direction="outbound",
+        external_number=number,
+        extension=extension,
+    )
 
 
 def inbound_answered(linkedid: str, *, caller: str = KNOWN_CALLER, talk: int = 42) -> list[Any]:
@@ -193,83 +228,49 @@ async def environment(
     answer, say); ``settings_overrides`` change callbridge's settings; ``poll_interval`` is the
     dispatcher's (short, so that tests see retries soon; benchmarks pass the default).
     """
-    settings = callbridge_settings(
+    async with harness(
         database_url,
         var_dir,
-        worker_poll_interval_seconds=poll_interval,
-        **dict(settings_overrides or {}),
-    )
-    engine = create_engine(database_url)
-    session_factory = create_session_factory(engine)
-    box = SecretBox(settings.fernet_keys())
-    app = FastAPI()
-    app.include_router(bitrix24_app.router)
-    app.include_router(pbx.router)
-    app.include_router(routing.router)
-    holder: dict[str, Any] = {}
-    to_callbridge = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=with_state(app, holder)),
-        base_url=CALLBRIDGE,
-        mounts=dict(portal_mounts or {}),
-    )
-    config = EmulatorConfig(base_url=PORTAL, domain="portal.test", http_client=to_callbridge)
-    emulator_app = create_app(config)
-    transport: httpx.AsyncBaseTransport = httpx.ASGITransport(app=emulator_app)
-    if wrap_transport is not None:
-        transport = wrap_transport(transport)
-    to_emulator = httpx.AsyncClient(transport=transport, base_url=PORTAL)
-    api_log = MemoryApiLog()
-    portals = Portals(settings, session_factory, to_emulator, box, api_log=api_log)
-    holder.update(
-        settings=settings,
-        session_factory=session_factory,
-        http_client=to_emulator,
-        secret_box=box,
-        bitrix24_portals=portals,
-    )
-    h = Harness(
-        emulator_app.state.emulator,
-        to_emulator,
-        to_callbridge,
-        portals,
-        session_factory,
-        box,
-        settings,
-        api_log,
-    )
-    dispatcher = Dispatcher(
-        settings, session_factory, portals=portals, poll_interval=poll_interval, batching=batching
-    )
-    # As build_worker runs them: on the dispatcher's Portals (one rate budget).
-    uploads = upload_worker(settings, session_factory, portals, poll_interval=0.05)
-    task: asyncio.Task[None] | None = None
-    uploading: asyncio.Task[None] | None = None
-    try:
-        await h.register_app()
-        await h.install()
-        async with session_factory() as session, session.begin():
-            enterprise = Enterprise(number=ENTERPRISE, webhook_secret_enc=box.encrypt(TOKEN))
-            session.add(enterprise)
-            await session.flush()
-            row = await IntegrationRepository(session, box).by_member_id(
-                h.emulator.portal.member_id
+        routers=(bitrix24_app.router, pbx.router, routing.router),
+        portal_mounts=portal_mounts,
+        wrap_transport=wrap_transport,
+        settings_overrides={
+            "worker_poll_interval_seconds": poll_interval,
+            **dict(settings_overrides or {}),
+        },
+    ) as h:
+        settings, session_factory, portals, box = h.settings, h.session_factory, h.portals, h.box
+        dispatcher = Dispatcher(
+            settings,
+            session_factory,
+            portals=portals,
+            poll_interval=poll_interval,
+            batching=batching,
+        )
+        # As build_worker runs them: on the dispatcher's Portals (one rate budget).
+        uploads = upload_worker(settings, session_factory, portals, poll_interval=0.05)
+        task: asyncio.Task[None] | None = None
+        uploading: asyncio.Task[None] | None = None
+        try:
+            integration = await h.install_for(
+                Enterprise(number=ENTERPRISE, webhook_secret_enc=box.encrypt(TOKEN)),
+                {"default_user_id": 1, "lead_creation": "inbound"},
             )
-            assert row is not None
-            row.enterprise_id = enterprise.id
-            row.settings = {"default_user_id": 1, "lead_creation": "inbound"}
-            for extension, user in USERS.items():
-                session.add(Bitrix24User(integration_id=row.id, user_id=user, extension=extension))
-        task = asyncio.create_task(dispatcher.run())
-        uploading = asyncio.create_task(uploads.run())
-        yield Env(h, dispatcher, uploads)
-    finally:
-        for running in (task, uploading):
-            if running is not None:
-                running.cancel()
-                await asyncio.gather(running, return_exceptions=True)
-        await to_callbridge.aclose()
-        await to_emulator.aclose()
-        await engine.dispose()
+            async with session_factory() as session, session.begin():
+                for extension, user in USERS.items():
+                    session.add(
+                        Bitrix24User(
+                            integration_id=integration.id, user_id=user, extension=extension
+                        )
+                    )
+            task = asyncio.create_task(dispatcher.run())
+            uploading = asyncio.create_task(uploads.run())
+            yield Env(h, dispatcher, uploads)
+        finally:
+            for running in (task, uploading):
+                if running is not None:
+                    running.cancel()
+                    await asyncio.gather(running, return_exceptions=True)
 
 
 @pytest.fixture
@@ -438,15 +439,7 @@ class TestOutbound:
     async def test_outbound_from_a_desk_phone_is_type_1(self, env: Env) -> None:
         linkedid = "1764151200.7"
         await env.post(
-            ev(
-                "call.started",
-                linkedid,
-                1,
-                0,
-                direction="outbound",
-                external_number=KNOWN_CALLER,
-                extension="103",
-            ),
+            outbound_started(linkedid, extension="103"),
             ev("call.answered", linkedid, 2, 8),
             ev("call.ended", linkedid, 3, 28, disposition="answered", talk_seconds=20),
         )
@@ -524,17 +517,7 @@ class TestBacklog:
 
 class TestReauthorisation:
     async def test_refused_tokens_pause_the_portal_until_it_is_reconnected(self, env: Env) -> None:
-        async with env.h.session_factory() as session, session.begin():
-            repo = IntegrationRepository(session, env.h.box)
-            row = await repo.by_member_id(env.h.emulator.portal.member_id)
-            assert row is not None
-            await repo.set_tokens(
-                row,
-                access_token="revoked",
-                refresh_token="revoked",
-                expires_at=row.expires_at or datetime.now(UTC) + timedelta(hours=1),
-            )
-        env.h.portals._credentials.clear()  # as a restarted process would load them
+        await env.revoke_tokens()
         await env.post(*inbound_answered("1764153000.1"))
         for _ in range(200):
             integration = await _integration(env)

@@ -12,20 +12,19 @@ another enterprise's unless ``--allow-overlap`` says the sharing is meant.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from callbridge.config import Settings, load_settings
+from callbridge.cli.common import fail, run_in, settings_from
+from callbridge.config import Settings
 from callbridge.domain.errors import CallbridgeError
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
@@ -51,11 +50,6 @@ class _Context:
     box: SecretBox
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    obj = ctx.find_object(Settings)
-    return obj if obj is not None else load_settings()
-
-
 @asynccontextmanager
 async def _open(settings: Settings) -> AsyncIterator[_Context]:
     engine = create_engine(settings.effective_database_url, pool_size=2)
@@ -65,23 +59,8 @@ async def _open(settings: Settings) -> AsyncIterator[_Context]:
         await engine.dispose()
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"Error: {' '.join(message.split())}", err=True)
-    raise typer.Exit(1)
-
-
 def _run(ctx: typer.Context, action: Callable[[_Context], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with _open(_settings(ctx)) as context:
-            return await action(context)
-
-    try:
-        return asyncio.run(main())
-    except CallbridgeError as err:
-        _fail(err.message)
-    except SQLAlchemyError as err:
-        detail = str(getattr(err, "orig", None) or err).splitlines()[0]
-        _fail(f"database error: {detail} (is the database reachable and migrated?)")
+    return run_in(ctx, _open, action)
 
 
 def _webhook_url(settings: Settings, number: str) -> str:
@@ -93,7 +72,7 @@ def _new_token(given: str | None) -> str:
         return secrets.token_urlsafe(32)
     token = given.strip()
     if len(token) < MIN_TOKEN_LENGTH or any(ch.isspace() for ch in token):
-        _fail(f"--webhook-token needs at least {MIN_TOKEN_LENGTH} characters and no spaces")
+        fail(f"--webhook-token needs at least {MIN_TOKEN_LENGTH} characters and no spaces")
     return token
 
 
@@ -106,7 +85,7 @@ def _print_token(settings: Settings, number: str, token: str) -> None:
 def _recordings_dirs(given: Sequence[str], bridge: Sequence[Path]) -> list[str]:
     """The directories as stored (absolute, normalised, once each); refuses what cannot work."""
     if not bridge:
-        _fail(
+        fail(
             "CALLBRIDGE_RECORDINGS_DIRS is empty: no recording is read by path at all; "
             "set it to the directories the PBX records into first"
         )
@@ -115,12 +94,12 @@ def _recordings_dirs(given: Sequence[str], bridge: Sequence[Path]) -> list[str]:
     for raw in given:
         text = raw.strip()
         if not text or not os.path.isabs(text):
-            _fail(f"{raw!r} is not an absolute directory")
+            fail(f"{raw!r} is not an absolute directory")
         # normpath folds ``..`` the way the operator wrote it; the check below resolves links.
         normal = os.path.normpath(text)
         resolved = Path(normal).resolve(strict=False)
         if not any(resolved.is_relative_to(root) for root in roots):
-            _fail(
+            fail(
                 f"{normal} is not inside CALLBRIDGE_RECORDINGS_DIRS "
                 f"({', '.join(str(root) for root in roots)}): recordings there would be "
                 "refused; add it (or a parent) to CALLBRIDGE_RECORDINGS_DIRS first"
@@ -210,10 +189,12 @@ def add_command(
     """Add an enterprise and print its webhook token (once)."""
     number = number.strip()
     if not number or len(number) > 64 or "/" in number:
-        _fail("NUMBER must be 1 to 64 characters without '/'")
+        fail("NUMBER must be 1 to 64 characters without '/'")
     token = _new_token(webhook_token)
     dirs = (
-        _recordings_dirs(recordings_dir, _settings(ctx).recordings_dirs) if recordings_dir else []
+        _recordings_dirs(recordings_dir, settings_from(ctx).recordings_dirs)
+        if recordings_dir
+        else []
     )
 
     async def action(context: _Context) -> int:
@@ -233,7 +214,7 @@ def add_command(
     typer.echo(f"enterprise {number} added (id {enterprise_id})")
     if dirs:
         typer.echo(f"recordings:    {', '.join(dirs)}")
-    _print_token(_settings(ctx), number, token)
+    _print_token(settings_from(ctx), number, token)
 
 
 @enterprise_app.command("list")
@@ -280,11 +261,11 @@ def show_command(
     typer.echo(f"number:        {row.number}")
     typer.echo(f"name:          {row.name}")
     typer.echo(f"active:        {'yes' if row.active else 'no'}")
-    typer.echo(f"webhook URL:   {_webhook_url(_settings(ctx), row.number)}")
+    typer.echo(f"webhook URL:   {_webhook_url(settings_from(ctx), row.number)}")
     token = "set (rotate it to see a new one)" if row.webhook_secret_enc else "not set"
     typer.echo(f"webhook token: {token}")
     typer.echo(f"portals:       {', '.join(portals) if portals else 'none linked'}")
-    recordings = _describe_recordings(_settings(ctx), row.recordings_dirs or [], enterprises)
+    recordings = _describe_recordings(settings_from(ctx), row.recordings_dirs or [], enterprises)
     typer.echo(f"recordings:    {recordings}")
 
 
@@ -307,7 +288,7 @@ def rotate_token_command(
 
     _run(ctx, action)
     typer.echo(f"enterprise {number}: new webhook token")
-    _print_token(_settings(ctx), number, token)
+    _print_token(settings_from(ctx), number, token)
 
 
 @enterprise_app.command("set-recordings")
@@ -329,8 +310,8 @@ def set_recordings_command(
 ) -> None:
     """Set (or --clear) the directories this enterprise's recordings by path are read from."""
     if bool(dirs) == clear:
-        _fail("give either the recordings directories (DIR...) or --clear")
-    settings = _settings(ctx)
+        fail("give either the recordings directories (DIR...) or --clear")
+    settings = settings_from(ctx)
     chosen = _recordings_dirs(dirs, settings.recordings_dirs) if dirs else []
 
     async def action(context: _Context) -> int:

@@ -8,17 +8,16 @@ whether a webhook token is set and which portals are linked.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
+from callbridge.cli.common import fail, run_or_fail, settings_from
 from callbridge.cli.enterprise import enterprise_app
-from callbridge.config import Settings, load_settings
+from callbridge.config import Settings
 from callbridge.domain.errors import CallbridgeError
 from callbridge.pbx.ami.listener import AmiUrl
 from callbridge.storage.ami import STATUS_STALE_AFTER, AmiStatusRepository
@@ -33,29 +32,13 @@ __all__ = ["set_ami_command", "status_command"]
 T = TypeVar("T")
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    obj = ctx.find_object(Settings)
-    return obj if obj is not None else load_settings()
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"Error: {' '.join(message.split())}", err=True)
-    raise typer.Exit(1)
-
-
 def _run(ctx: typer.Context, action: Callable[[Settings, SecretBox], Awaitable[T]]) -> T:
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
 
     async def main() -> T:
         return await action(settings, SecretBox(settings.fernet_keys()))
 
-    try:
-        return asyncio.run(main())
-    except CallbridgeError as err:
-        _fail(err.message)
-    except SQLAlchemyError as err:
-        detail = str(getattr(err, "orig", None) or err).splitlines()[0]
-        _fail(f"database error: {detail} (is the database reachable and migrated?)")
+    return run_or_fail(main())
 
 
 @enterprise_app.command("set-ami")
@@ -72,11 +55,11 @@ def set_ami_command(
 ) -> None:
     """Set (or --remove) the enterprise's AMI URL; the secret is stored encrypted."""
     if (url is None) == (not remove):
-        _fail("give either an AMI URL (ami://user:secret@host:5038) or --remove")
+        fail("give either an AMI URL (ami://user:secret@host:5038) or --remove")
     try:
         parsed = AmiUrl.parse(url) if url is not None else None
     except CallbridgeError as err:
-        _fail(err.message)
+        fail(err.message)
 
     async def action(settings: Settings, box: SecretBox) -> None:
         engine = create_engine(settings.effective_database_url, pool_size=2)

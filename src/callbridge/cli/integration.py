@@ -8,20 +8,19 @@ Secrets are never printed: ``show`` says whether a token is stored, not what it 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callbridge import __version__
-from callbridge.config import Settings, load_settings
+from callbridge.cli.common import run_in
+from callbridge.config import Settings
 from callbridge.crm.bitrix24.errors import Bitrix24Error
 from callbridge.domain.errors import CallbridgeError
 from callbridge.portals import Portals, is_webhook
@@ -50,11 +49,6 @@ class _Context:
         return Portals(self.settings, self.session_factory, self.http, self.box)
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    obj = ctx.find_object(Settings)
-    return obj if obj is not None else load_settings()
-
-
 @asynccontextmanager
 async def _open(settings: Settings) -> AsyncIterator[_Context]:
     engine = create_engine(settings.effective_database_url, pool_size=2)
@@ -72,23 +66,8 @@ async def _open(settings: Settings) -> AsyncIterator[_Context]:
         await engine.dispose()
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"Error: {' '.join(message.split())}", err=True)
-    raise typer.Exit(1)
-
-
 def _run(ctx: typer.Context, action: Callable[[_Context], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with _open(_settings(ctx)) as context:
-            return await action(context)
-
-    try:
-        return asyncio.run(main())
-    except CallbridgeError as err:
-        _fail(err.message)
-    except SQLAlchemyError as err:
-        detail = str(getattr(err, "orig", None) or err).splitlines()[0]
-        _fail(f"database error: {detail} (is the database reachable and migrated?)")
+    return run_in(ctx, _open, action)
 
 
 async def _in_transaction(context: _Context, action: Callable[[AsyncSession], Awaitable[T]]) -> T:

@@ -6,7 +6,6 @@ The main app mounts this with ``app.add_typer(jobs_app, name="jobs")`` and puts 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -15,11 +14,10 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from callbridge.config import Settings, load_settings
-from callbridge.domain.errors import CallbridgeError
+from callbridge.cli.common import run_or_fail, settings_from
+from callbridge.config import Settings
 from callbridge.storage import job_queue
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.models import Job, JobStatus
@@ -45,12 +43,6 @@ def parse_duration(value: str) -> timedelta:
     return timedelta(seconds=float(number) * _UNITS[unit])
 
 
-def settings_from(ctx: typer.Context) -> Settings:
-    """The settings the main app put in ``ctx.obj``, or the environment's when run alone."""
-    obj = ctx.find_object(Settings)
-    return obj if obj is not None else load_settings()
-
-
 @asynccontextmanager
 async def open_session(settings: Settings) -> AsyncIterator[AsyncSession]:
     """A session on the configured database; the command commits what it changes."""
@@ -72,12 +64,7 @@ def run_with_session(ctx: typer.Context, action: Callable[[AsyncSession], Awaita
             return result
 
     try:
-        return asyncio.run(main())
-    except CallbridgeError as err:
-        _fail(err.message)
-    except SQLAlchemyError as err:
-        detail = str(getattr(err, "orig", None) or err).splitlines()[0]
-        _fail(f"database error: {detail} (is the database reachable and migrated?)")
+        return run_or_fail(main(), _fail)
     except OSError as err:
         _fail(f"cannot reach the database: {err}")
 

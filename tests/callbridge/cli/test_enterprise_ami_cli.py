@@ -9,82 +9,58 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 import callbridge.cli.enterprise_ami  # noqa: F401 - registers set-ami and status
 from callbridge.cli.enterprise import enterprise_app
 from callbridge.config import Settings
 from callbridge.storage.ami import AmiStatusRepository, StatusUpdate
 from callbridge.storage.crypto import SecretBox
-from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.models import Bitrix24Integration
 from callbridge.storage.repositories import EnterpriseRepository
 from callbridge.storage.types import utcnow
+from tests.callbridge.cli.helpers import invoker, session_on, stored_enterprise
 from tests.callbridge.web.test_app import make_settings
 
 URL = "ami://crm:s3cret-pass@pbx.example:5038"
 
 
 def cli(settings: Settings) -> Callable[..., Result]:
-    app = typer.Typer()
-    app.add_typer(enterprise_app, name="enterprise")
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(app, ["enterprise", *args], obj=settings)
-
-    return invoke
+    return invoker(enterprise_app, "enterprise", settings)
 
 
 def stored_url(settings: Settings, number: str) -> str | None:
-    async def read() -> str | None:
-        engine = create_engine(settings.effective_database_url)
-        try:
-            async with create_session_factory(engine)() as session:
-                row = await EnterpriseRepository(session).by_number(number)
-                assert row is not None
-                return SecretBox(settings.fernet_keys()).decrypt_optional(row.ami_url_enc)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(read())
+    row = stored_enterprise(settings, number)
+    return SecretBox(settings.fernet_keys()).decrypt_optional(row.ami_url_enc)
 
 
 def report(settings: Settings, number: str, update: StatusUpdate, *, age: float = 0) -> None:
     async def write() -> None:
-        engine = create_engine(settings.effective_database_url)
-        try:
-            async with create_session_factory(engine)() as session, session.begin():
-                row = await EnterpriseRepository(session).by_number(number)
-                assert row is not None
-                repo = AmiStatusRepository(session)
-                await repo.report(row.id, update)
-                if age:
-                    status = (await repo.by_enterprise())[row.id]
-                    status.updated_at = utcnow() - timedelta(seconds=age)
-        finally:
-            await engine.dispose()
+        async with session_on(settings) as session, session.begin():
+            row = await EnterpriseRepository(session).by_number(number)
+            assert row is not None
+            repo = AmiStatusRepository(session)
+            await repo.report(row.id, update)
+            if age:
+                status = (await repo.by_enterprise())[row.id]
+                status.updated_at = utcnow() - timedelta(seconds=age)
 
     asyncio.run(write())
 
 
 def link_portal(settings: Settings, number: str, domain: str) -> None:
     async def write() -> None:
-        engine = create_engine(settings.effective_database_url)
-        try:
-            async with create_session_factory(engine)() as session, session.begin():
-                row = await EnterpriseRepository(session).by_number(number)
-                assert row is not None
-                session.add(
-                    Bitrix24Integration(
-                        enterprise_id=row.id,
-                        member_id=f"m-{domain}",
-                        domain=domain,
-                        client_endpoint=f"https://{domain}/rest/",
-                    )
+        async with session_on(settings) as session, session.begin():
+            row = await EnterpriseRepository(session).by_number(number)
+            assert row is not None
+            session.add(
+                Bitrix24Integration(
+                    enterprise_id=row.id,
+                    member_id=f"m-{domain}",
+                    domain=domain,
+                    client_endpoint=f"https://{domain}/rest/",
                 )
-        finally:
-            await engine.dispose()
+            )
 
     asyncio.run(write())
 

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner, Result
 
 from callbridge.cli import app as main_app
 from callbridge.cli.enterprise import enterprise_app
 from callbridge.config import Settings
 from callbridge.storage.crypto import SecretBox
-from callbridge.storage.db import create_engine, create_session_factory
-from callbridge.storage.repositories import EnterpriseRepository
+from tests.callbridge.cli.helpers import invoker, stored_enterprise
 from tests.callbridge.web.test_app import make_settings
 
 
 def cli(settings: Settings) -> Callable[..., Result]:
-    app = typer.Typer()
-    app.add_typer(enterprise_app, name="enterprise")
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(app, ["enterprise", *args], obj=settings)
-
-    return invoke
+    return invoker(enterprise_app, "enterprise", settings)
 
 
 def printed_token(result: Result) -> str:
@@ -37,17 +28,8 @@ def printed_token(result: Result) -> str:
 
 
 def stored_token(settings: Settings, number: str) -> str | None:
-    async def read() -> str | None:
-        engine = create_engine(settings.effective_database_url)
-        try:
-            async with create_session_factory(engine)() as session:
-                row = await EnterpriseRepository(session).by_number(number)
-                assert row is not None
-                return SecretBox(settings.fernet_keys()).decrypt_optional(row.webhook_secret_enc)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(read())
+    row = stored_enterprise(settings, number)
+    return SecretBox(settings.fernet_keys()).decrypt_optional(row.webhook_secret_enc)
 
 
 @pytest.fixture
@@ -113,17 +95,7 @@ class TestEnterpriseCli:
 
 
 def stored_dirs(settings: Settings, number: str) -> list[str]:
-    async def read() -> list[str]:
-        engine = create_engine(settings.effective_database_url)
-        try:
-            async with create_session_factory(engine)() as session:
-                row = await EnterpriseRepository(session).by_number(number)
-                assert row is not None
-                return list(row.recordings_dirs)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(read())
+    return list(stored_enterprise(settings, number).recordings_dirs)
 
 
 class TestRecordingsDirectories:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-import typer
 from cryptography.fernet import Fernet
 from sqlalchemy import text
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from callbridge.cli.integration import integration_app
 from callbridge.config import Settings
@@ -23,18 +22,13 @@ from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.models import Enterprise
 from callbridge.storage.repositories import IntegrationRepository
+from tests.callbridge.cli.helpers import invoker, session_on
 from tests.callbridge.crm.bitrix24.harness import callbridge_settings
-from tests.callbridge.crm.bitrix24.test_processes import Emulator, install, start_emulator
+from tests.callbridge.crm.bitrix24.test_processes import Emulator
 
 
 def cli(settings: Settings) -> Callable[..., Result]:
-    app = typer.Typer()
-    app.add_typer(integration_app, name="integration")
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(app, ["integration", *args], obj=settings)
-
-    return invoke
+    return invoker(integration_app, "integration", settings)
 
 
 async def seed(settings: Settings) -> None:
@@ -105,40 +99,20 @@ class TestIntegrationCli:
         assert "1 integrations" in result.output
 
         async def read_with_new_key_only() -> str | None:
-            engine = create_engine(settings.effective_database_url)
-            try:
-                async with create_session_factory(engine)() as session:
-                    repo = IntegrationRepository(session, SecretBox([new_key.encode()]))
-                    row = await repo.by_domain("b24-x.bitrix24.ru")
-                    assert row is not None
-                    raw = (await session.execute(text("SELECT * FROM bitrix24_integrations"))).all()
-                    assert "secret-1" not in repr(raw)
-                    return repo.refresh_token(row)
-            finally:
-                await engine.dispose()
+            async with session_on(settings) as session:
+                repo = IntegrationRepository(session, SecretBox([new_key.encode()]))
+                row = await repo.by_domain("b24-x.bitrix24.ru")
+                assert row is not None
+                raw = (await session.execute(text("SELECT * FROM bitrix24_integrations"))).all()
+                assert "secret-1" not in repr(raw)
+                return repo.refresh_token(row)
 
         assert asyncio.run(read_with_new_key_only()) == "refresh-secret-1"
 
 
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    emu = start_emulator()
-    yield emu
-    emu.process.terminate()
-    emu.process.wait(10)
-
-
 class TestPing:
-    def test_app_mode(self, emulator: Emulator, fresh_database_url: str, tmp_path: Path) -> None:
-        key = Fernet.generate_key().decode()
-        asyncio.run(install(emulator, fresh_database_url, key, tmp_path, {}))
-        settings = callbridge_settings(
-            fresh_database_url,
-            tmp_path,
-            encryption_keys=key,
-            bitrix24_oauth_server_url=emulator.url,
-        )
-        result = cli(settings)("ping", emulator.url.split("//")[1])
+    def test_app_mode(self, emulator: Emulator, installed_settings: Settings) -> None:
+        result = cli(installed_settings)("ping", emulator.url.split("//")[1])
         assert result.exit_code == 0, result.output
         assert re.search(r"app\.info\s+\d+\.\d ms", result.output)
         assert re.search(r"profile\s+\d+\.\d ms", result.output)

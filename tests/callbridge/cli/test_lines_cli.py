@@ -3,43 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-import typer
-from cryptography.fernet import Fernet
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from callbridge.cli.lines import lines_app
 from callbridge.config import Settings
-from callbridge.storage.db import create_engine, create_session_factory
-from callbridge.storage.models import Bitrix24Integration
+from tests.callbridge.cli.helpers import (
+    integration_setting,
+    invoker,
+)
 from tests.callbridge.cli.test_integration_cli import seed
 from tests.callbridge.crm.bitrix24.harness import callbridge_settings
-from tests.callbridge.crm.bitrix24.test_processes import Emulator, install, start_emulator
+from tests.callbridge.crm.bitrix24.test_processes import Emulator
 
 
 def cli(settings: Settings) -> Callable[..., Result]:
-    app = typer.Typer()
-    app.add_typer(lines_app, name="lines")
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(app, ["lines", *args], obj=settings)
-
-    return invoke
-
-
-async def stored_lines(settings: Settings) -> object:
-    engine = create_engine(settings.effective_database_url)
-    try:
-        async with create_session_factory(engine)() as session:
-            row = (await session.execute(Bitrix24Integration.__table__.select())).first()
-            assert row is not None
-            return row.settings.get("lines")
-    finally:
-        await engine.dispose()
+    return invoker(lines_app, "lines", settings)
 
 
 @pytest.fixture
@@ -56,14 +39,14 @@ class TestLinesSettings:
         assert added.exit_code == 0, added.output
         replaced = run("add", "74951110101", "--pbx-line", "4951110101", "--no-push")
         assert replaced.exit_code == 0, replaced.output
-        assert asyncio.run(stored_lines(settings)) == [
+        assert integration_setting(settings, "lines") == [
             {"number": "74951110101", "name": "74951110101", "pbx_line": "4951110101"}
         ]
         listed = run("list")
         assert "74951110101      4951110101" in listed.output
         removed = run("remove", "74951110101")
         assert removed.exit_code == 0, removed.output
-        assert asyncio.run(stored_lines(settings)) == []
+        assert integration_setting(settings, "lines") == []
         assert "no lines configured" in run("list").output
 
     def test_removing_an_unknown_line_names_the_fix(self, settings: Settings) -> None:
@@ -72,27 +55,11 @@ class TestLinesSettings:
         assert "line 000 is not configured; see `callbridge lines list`" in result.output
 
 
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    emu = start_emulator()
-    yield emu
-    emu.process.terminate()
-    emu.process.wait(10)
-
-
 class TestLinesInBitrix24:
     def test_add_creates_the_line_once(
-        self, emulator: Emulator, fresh_database_url: str, tmp_path: Path
+        self, emulator: Emulator, installed_settings: Settings
     ) -> None:
-        key = Fernet.generate_key().decode()
-        asyncio.run(install(emulator, fresh_database_url, key, tmp_path, {}))
-        settings = callbridge_settings(
-            fresh_database_url,
-            tmp_path,
-            encryption_keys=key,
-            bitrix24_oauth_server_url=emulator.url,
-        )
-        run = cli(settings)
+        run = cli(installed_settings)
         first = run("add", "74951110199", "--name", "Sales")
         assert first.exit_code == 0, first.output
         assert "line 74951110199 exists in Bitrix24" in first.output

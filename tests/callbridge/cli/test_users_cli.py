@@ -7,48 +7,30 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from callbridge.cli.users import users_app
 from callbridge.config import Settings
-from callbridge.storage.db import create_engine, create_session_factory
-from callbridge.storage.models import Bitrix24Integration, Bitrix24User
+from callbridge.storage.models import Bitrix24User
+from tests.callbridge.cli.helpers import (
+    integration_setting,
+    invoker,
+    session_on,
+    the_integration,
+)
 from tests.callbridge.cli.test_integration_cli import seed
 from tests.callbridge.crm.bitrix24.harness import callbridge_settings
 
 
 def cli(settings: Settings) -> Callable[..., Result]:
-    app = typer.Typer()
-    app.add_typer(users_app, name="users")
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(app, ["users", *args], obj=settings)
-
-    return invoke
+    return invoker(users_app, "users", settings)
 
 
 async def add_users(settings: Settings) -> None:
-    engine = create_engine(settings.effective_database_url)
-    try:
-        async with create_session_factory(engine)() as session, session.begin():
-            row = (await session.execute(Bitrix24Integration.__table__.select())).first()
-            assert row is not None
-            session.add(Bitrix24User(integration_id=row.id, user_id=2, extension="102", name="M"))
-            session.add(Bitrix24User(integration_id=row.id, user_id=3, extension="103", name="S"))
-    finally:
-        await engine.dispose()
-
-
-async def overrides(settings: Settings) -> object:
-    engine = create_engine(settings.effective_database_url)
-    try:
-        async with create_session_factory(engine)() as session:
-            row = (await session.execute(Bitrix24Integration.__table__.select())).first()
-            assert row is not None
-            return row.settings.get("extension_users")
-    finally:
-        await engine.dispose()
+    async with session_on(settings) as session, session.begin():
+        row = await the_integration(session)
+        session.add(Bitrix24User(integration_id=row.id, user_id=2, extension="102", name="M"))
+        session.add(Bitrix24User(integration_id=row.id, user_id=3, extension="103", name="S"))
 
 
 @pytest.fixture
@@ -64,11 +46,11 @@ class TestUsersCli:
         run = cli(settings)
         result = run("map", "102", "3")
         assert result.exit_code == 0, result.output
-        assert asyncio.run(overrides(settings)) == {"102": 3}
+        assert integration_setting(settings, "extension_users") == {"102": 3}
         listing = run("list").output
         assert "102*" in listing  # user 3 now answers on 102
         assert run("unmap", "102").exit_code == 0
-        assert asyncio.run(overrides(settings)) == {}
+        assert integration_setting(settings, "extension_users") == {}
         listing = run("list").output
         assert "102*" not in listing
         assert "102" in listing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -93,6 +94,16 @@ async def tenants(factory: async_sessionmaker[AsyncSession], count: int) -> list
         return [await make_tenant(session) for _ in range(count)]
 
 
+@asynccontextmanager
+async def intake_store(engine: AsyncEngine, **options: Any) -> AsyncIterator[IntakeStore]:
+    """An intake store whose connection is given back at the end."""
+    store = IntakeStore(engine, **options)
+    try:
+        yield store
+    finally:
+        await store.release()
+
+
 async def through_sqlalchemy(
     factory: async_sessionmaker[AsyncSession], tenant: Tenant, events: Sequence[Event]
 ) -> list[Outcome]:
@@ -102,16 +113,22 @@ async def through_sqlalchemy(
     return outcomes
 
 
+async def preloaded(factory: async_sessionmaker[AsyncSession], tenant: Tenant) -> PreloadedRouting:
+    """The tenant's routing, read once, as the intake is given it."""
+    async with factory() as session:
+        routing = await SqlRoutingSource(session, BOX).for_enterprise(tenant.enterprise_id)
+    return PreloadedRouting({tenant.enterprise_id: routing})
+
+
 async def through_intake(
     store: IntakeStore,
     factory: async_sessionmaker[AsyncSession],
     tenant: Tenant,
     events: Sequence[Event],
 ) -> list[Outcome]:
-    async with factory() as session:
-        routing = await SqlRoutingSource(session, BOX).for_enterprise(tenant.enterprise_id)
+    routing = await preloaded(factory, tenant)
     async with store.transaction() as transaction:
-        ports = transaction.ports(PreloadedRouting({tenant.enterprise_id: routing}))
+        ports = transaction.ports(routing)
         (outcomes,) = await track_event_groups(ports, [EventGroup(tenant.enterprise_id, events)])
     return outcomes
 
@@ -122,10 +139,9 @@ async def apply_then_fail(
     tenant: Tenant,
     events: Sequence[Event],
 ) -> None:
-    async with factory() as session:
-        routing = await SqlRoutingSource(session, BOX).for_enterprise(tenant.enterprise_id)
+    routing = await preloaded(factory, tenant)
     async with store.transaction() as transaction:
-        ports = transaction.ports(PreloadedRouting({tenant.enterprise_id: routing}))
+        ports = transaction.ports(routing)
         await track_event_groups(ports, [EventGroup(tenant.enterprise_id, events)])
         raise RuntimeError("after applying")
 
@@ -197,6 +213,20 @@ async def stored(engine: AsyncEngine, tenant: Tenant) -> dict[str, list[dict[str
     }
 
 
+async def assert_as_if_by_orm(
+    engine: AsyncEngine,
+    factory: async_sessionmaker[AsyncSession],
+    tenant: Tenant,
+    events: Sequence[Event],
+) -> None:
+    """The tenant's calls and jobs are those the ORM ports make of ``events`` for a new tenant."""
+    (other,) = await tenants(factory, 1)
+    await through_sqlalchemy(factory, other, events)
+    mine, theirs = await stored(engine, tenant), await stored(engine, other)
+    assert mine["calls"] == theirs["calls"]
+    assert [job["payload"] for job in mine["jobs"]] == [job["payload"] for job in theirs["jobs"]]
+
+
 def _masked_payload(value: Any, ids: dict[int, str], enterprise: dict[int, str]) -> Any:
     payload = dict(_decoded(value))
     payload["call_id"] = ids.get(payload.get("call_id"), payload.get("call_id"))
@@ -214,16 +244,13 @@ class TestSameRowsAsTheOrmPorts:
     ) -> None:
         orm, plain = await tenants(factory, 2)
         events = [*answered_call("L1"), *missed_call("L2")]
-        store = IntakeStore(engine)
-        try:
+        async with intake_store(engine) as store:
             expected = await through_sqlalchemy(factory, orm, events)
             assert await through_intake(store, factory, plain, events) == expected
             # Repeats are duplicates on both, and change nothing.
             assert (
                 await through_intake(store, factory, plain, events[:2]) == [Outcome.DUPLICATE] * 2
             )
-        finally:
-            await store.release()
         want, got = await stored(engine, orm), await stored(engine, plain)
         assert len(want["calls"]) == 2
         assert len(want["pbx_events"]) == 7
@@ -236,20 +263,11 @@ class TestSameRowsAsTheOrmPorts:
     ) -> None:
         (tenant,) = await tenants(factory, 1)
         first, second, third, fourth = answered_call("L1")
-        store = IntakeStore(engine)
-        try:
+        async with intake_store(engine) as store:
             await through_intake(store, factory, tenant, [first])
             await through_sqlalchemy(factory, tenant, [second])
             await through_intake(store, factory, tenant, [third, fourth])
-        finally:
-            await store.release()
-        (other,) = await tenants(factory, 1)
-        await through_sqlalchemy(factory, other, answered_call("L1"))
-        mine, theirs = await stored(engine, tenant), await stored(engine, other)
-        assert mine["calls"] == theirs["calls"]
-        assert [job["payload"] for job in mine["jobs"]] == [
-            job["payload"] for job in theirs["jobs"]
-        ]
+        await assert_as_if_by_orm(engine, factory, tenant, answered_call("L1"))
 
 
 class TestJobs:
@@ -259,8 +277,7 @@ class TestJobs:
         async with factory() as session, session.begin():
             cancelled = await JobQueue().enqueue(session, "k", {})
             await JobQueue().cancel_job(session, cancelled.id)
-        store = IntakeStore(engine)
-        try:
+        async with intake_store(engine) as store:
             async with store.transaction() as transaction:
                 ids = await transaction.enqueue_many(
                     [NewJob("k", {"n": n}, ordering_key="key") for n in range(600)]
@@ -271,8 +288,6 @@ class TestJobs:
             with pytest.raises(JobNotFoundError):
                 async with store.transaction() as transaction:
                     await transaction.enqueue_many([NewJob("k", depends_on=10**9)])
-        finally:
-            await store.release()
         assert ids == sorted(ids)
         assert len(set(ids)) == 600
         async with engine.connect() as connection:
@@ -293,8 +308,7 @@ class TestCallCache:
         (tenant,) = await tenants(factory, 1)
         first, second, _, _ = answered_call("L1")
         key = (tenant.enterprise_id, "L1")
-        store = IntakeStore(engine)
-        try:
+        async with intake_store(engine) as store:
             await through_intake(store, factory, tenant, [first])
             async with store.transaction() as transaction:
                 (_, kept) = (await transaction.get_many([key]))[key]
@@ -309,31 +323,20 @@ class TestCallCache:
             assert fresh is not kept
             assert fresh is not None
             assert fresh.to_dict() != kept.to_dict()
-        finally:
-            await store.release()
 
     async def test_a_failed_transaction_leaves_no_trace(
         self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
     ) -> None:
         (tenant,) = await tenants(factory, 1)
         started, ringing, answered, ended = answered_call("L1")
-        store = IntakeStore(engine)
-        try:
+        async with intake_store(engine) as store:
             await through_intake(store, factory, tenant, [started, ringing])
             # The end is applied to the call (it is over, in memory), then the transaction fails.
             with pytest.raises(RuntimeError, match="after applying"):
                 await apply_then_fail(store, factory, tenant, [ended])
             outcomes = await through_intake(store, factory, tenant, [answered, ended])
             assert outcomes == [Outcome.ACCEPTED] * 2
-        finally:
-            await store.release()
-        (other,) = await tenants(factory, 1)
-        await through_sqlalchemy(factory, other, answered_call("L1"))
-        mine, theirs = await stored(engine, tenant), await stored(engine, other)
-        assert mine["calls"] == theirs["calls"]
-        assert [job["payload"] for job in mine["jobs"]] == [
-            job["payload"] for job in theirs["jobs"]
-        ]
+        await assert_as_if_by_orm(engine, factory, tenant, answered_call("L1"))
 
 
 class TestConnection:
@@ -342,9 +345,8 @@ class TestConnection:
     ) -> None:
         (tenant,) = await tenants(factory, 1)
         now = [100.0]
-        store = IntakeStore(engine, keep_seconds=1.0, clock=lambda: now[0])
         postgres = engine.dialect.name == "postgresql"
-        try:
+        async with intake_store(engine, keep_seconds=1.0, clock=lambda: now[0]) as store:
             await through_intake(store, factory, tenant, answered_call("L1")[:1])
             # SQLite's one connection goes back at once: other sessions wait for it.
             assert engine.sync_engine.pool.checkedout() == (1 if postgres else 0)
@@ -356,8 +358,6 @@ class TestConnection:
             await store.release_if_idle()
             assert store.idle_seconds() is None
             assert engine.sync_engine.pool.checkedout() == 0
-        finally:
-            await store.release()
 
     async def test_a_kept_connection_whose_begin_fails_oddly_is_replaced(
         self,
@@ -372,8 +372,7 @@ class TestConnection:
         from asyncpg.exceptions import InternalClientError
 
         (tenant,) = await tenants(factory, 1)
-        store = IntakeStore(engine)
-        try:
+        async with intake_store(engine) as store:
             await through_intake(store, factory, tenant, answered_call("L1")[:1])
             kept = store._held
             assert kept is not None
@@ -389,8 +388,6 @@ class TestConnection:
             outcomes = await through_intake(store, factory, tenant, answered_call("L2")[:1])
             assert outcomes == [Outcome.ACCEPTED]
             assert store._held is not kept
-        finally:
-            await store.release()
 
     async def test_a_kept_connection_lost_meanwhile_is_replaced(
         self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
@@ -398,8 +395,7 @@ class TestConnection:
         if engine.dialect.name != "postgresql":
             pytest.skip("only PostgreSQL connections are kept")
         (tenant,) = await tenants(factory, 1)
-        store = IntakeStore(engine)
-        try:
+        async with intake_store(engine) as store:
             await through_intake(store, factory, tenant, answered_call("L1")[:1])
             assert store.idle_seconds() is not None
             async with engine.connect() as killer:
@@ -412,5 +408,3 @@ class TestConnection:
                 assert any(killed.all())
             outcomes = await through_intake(store, factory, tenant, answered_call("L2")[:1])
             assert outcomes == [Outcome.ACCEPTED]
-        finally:
-            await store.release()

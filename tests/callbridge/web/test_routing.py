@@ -40,19 +40,10 @@ class Env:
 @pytest.fixture
 async def env(fresh_database_url: str, tmp_path: Path) -> AsyncIterator[Env]:
     async with harness(fresh_database_url, tmp_path) as h:
-        await h.register_app()
-        await h.install()
-        async with h.session_factory() as session, session.begin():
-            enterprise = Enterprise(number="100", webhook_secret_enc=h.box.encrypt(TOKEN))
-            session.add(enterprise)
-            await session.flush()
-            row = await IntegrationRepository(session, h.box).by_member_id(
-                h.emulator.portal.member_id
-            )
-            assert row is not None
-            row.enterprise_id = enterprise.id
-            integration_id = row.id
-        await sync_integration_users(h.portals, integration_id)
+        integration = await h.install_for(
+            Enterprise(number="100", webhook_secret_enc=h.box.encrypt(TOKEN))
+        )
+        await sync_integration_users(h.portals, integration.id)
         app = FastAPI()
         install_error_handlers(app)
         app.include_router(router)

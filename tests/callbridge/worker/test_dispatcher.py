@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,14 @@ from callbridge.storage.models import (
     JobStatus,
 )
 from callbridge.worker.dispatcher import DISPATCHER_KIND, Dispatcher, _hook_commits, _listening
-from tests.e2e.test_calls_e2e import KNOWN_CALLER, Env, environment, ev, inbound_answered
+from tests.e2e.test_calls_e2e import (
+    KNOWN_CALLER,
+    Env,
+    environment,
+    ev,
+    inbound_answered,
+    outbound_started,
+)
 
 
 async def ids(queue: JobQueue, session: AsyncSession, **kw: object) -> list[int]:
@@ -123,21 +130,8 @@ async def env(fresh_database_url: str, tmp_path: Path) -> AsyncIterator[Env]:
 class TestPerCommandFailures:
     async def test_a_refused_register_stops_its_call_and_not_the_others(self, env: Env) -> None:
         bad = "1764160000.1"
-        async with env.h.session_factory() as session, session.begin():
-            integration = await env.h.integration()
-            assert integration is not None
-            # The seed's user 4 was fired: Bitrix24 refuses to register a call for them.
-            session.add(Bitrix24User(integration_id=integration.id, user_id=4, extension="104"))
         await env.post(
-            ev(
-                "call.started",
-                bad,
-                1,
-                0,
-                direction="outbound",
-                external_number="84951234567",
-                extension="104",
-            ),
+            outbound_started(bad, extension=await env.add_fired_user()),
             ev("call.ended", bad, 2, 10, disposition="no_answer"),
             *inbound_answered("1764160000.2"),
         )
@@ -219,14 +213,6 @@ class LoseAnswer(httpx.AsyncBaseTransport):
         return response
 
 
-async def wait_for_jobs(env: Env, done: Callable[[list[Job]], bool], seconds: float = 15.0) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if done(await env.jobs()):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"jobs never settled: {[(j.id, j.status) for j in await env.jobs()]}")
-
-
 class TestLostAnswers:
     """A command Bitrix24 applied but whose answer was lost is sent again, and counts as done."""
 
@@ -298,8 +284,7 @@ class TestOperationTimeLimit:
         await env.post(*inbound_answered("1764180000.1"))
         await env.settle()
         await env.post(*inbound_answered("1764180000.2"))
-        await wait_for_jobs(
-            env,
+        await env.wait_for_jobs(
             lambda jobs: any(
                 j.payload["linkedid"] == "1764180000.2"
                 and j.payload["command"]["kind"] == "finish"
@@ -310,8 +295,7 @@ class TestOperationTimeLimit:
         )
         # Registers still go: the portal is not paused, only the finish method.
         await env.post(inbound_answered("1764180000.3")[0])
-        await wait_for_jobs(
-            env,
+        await env.wait_for_jobs(
             lambda jobs: any(
                 j.payload["linkedid"] == "1764180000.3" and j.status == JobStatus.SUCCEEDED
                 for j in jobs

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,22 +22,21 @@ from callbridge.crm.bitrix24.rate_limit import RateLimiter, RatePlan
 from callbridge.portals import Portals
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.job_queue import JobQueue
-from callbridge.storage.models import Bitrix24User, Enterprise, IntegrationStatus, Job, JobStatus
-from callbridge.storage.repositories import EnterpriseRepository, IntegrationRepository
+from callbridge.storage.models import Enterprise, IntegrationStatus, Job, JobStatus
+from callbridge.storage.repositories import EnterpriseRepository
 from callbridge.worker.recordings import RecordingRefusedError
 from callbridge.worker.uploads import UPLOAD_KIND, RecordingUploader, run_bitrix24
 from tests.callbridge.crm.bitrix24.harness import callbridge_settings
-from tests.e2e.test_calls_e2e import ENTERPRISE, Env, environment, ev, inbound_answered
+from tests.e2e.test_calls_e2e import (
+    ENTERPRISE,
+    Env,
+    environment,
+    ev,
+    inbound_answered,
+    outbound_started,
+)
 
 WAV = b"RIFF" + bytes(range(256)) * 8  # 2052 bytes: below the inline limit
-
-
-async def wait_for_jobs(env: Env, done: Callable[[list[Job]], bool], seconds: float = 15.0) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if done(await env.jobs()):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"jobs never settled: {[(j.id, j.status) for j in await env.jobs()]}")
 
 
 INLINE_MAX = 4096
@@ -68,12 +68,50 @@ def attach_job(jobs: list[Job]) -> Job:
     return job
 
 
+async def post_recorded_call(env: Env, linkedid: str, path: Path | str) -> None:
+    """The PBX reports an answered inbound call, then its recording at ``path``."""
+    await env.post(
+        *inbound_answered(linkedid), ev("call.recording", linkedid, 5, 60, path=str(path))
+    )
+
+
+async def uploaded(env: Env, linkedid: str, path: Path | str) -> Job:
+    """The attach job of a call recorded at ``path``, once every job has run."""
+    await post_recorded_call(env, linkedid, path)
+    await env.settle()
+    return attach_job(await env.jobs())
+
+
 async def stored_record(env: Env, leg_id: str) -> bytes:
     """The bytes the portal keeps as the recording of a leg."""
     call_id = (await env.calls())[leg_id]["CALL_ID"]
     call = (await env.h.emulator_http.get(f"/_emulator/calls/{call_id}")).json()
     assert call["record_file_id"] is not None, call
     return (await env.h.emulator_http.get(f"/_emulator/files/{call['record_file_id']}")).content
+
+
+async def upload_succeeds(env: Env, linkedid: str, path: Path, content: bytes) -> dict[str, Any]:
+    """A call recorded ``content`` at ``path``: its upload succeeds and the portal keeps it.
+
+    Returns the attach job's result.
+    """
+    job = await uploaded(env, linkedid, path)
+    assert await stored_record(env, f"{linkedid}-0") == content
+    assert job.status == JobStatus.SUCCEEDED, job.last_error
+    assert job.result is not None
+    assert job.result["uploaded_bytes"] == len(content)
+    return job.result
+
+
+async def retried_now(env: Env, job: Job) -> None:
+    """Make a waiting upload due now and let the uploads' worker run it."""
+    async with env.h.session_factory() as session, session.begin():
+        await session.execute(
+            update(Job).where(Job.id == job.id).values(run_after=datetime.now(UTC))
+        )
+    assert env.uploads is not None
+    env.uploads.wake()
+    await env.settle()
 
 
 class TestRecordingsByPath:
@@ -85,18 +123,8 @@ class TestRecordingsByPath:
         env, linkedid = recording_env, "1764180000.1"
         content = b"RIFF" + bytes(range(256)) * 8  # 2052 bytes: below the inline limit
         (monitor / "a.wav").write_bytes(content)
-        await env.post(
-            *inbound_answered(linkedid),
-            ev("call.recording", linkedid, 5, 60, path=str(monitor / "a.wav")),
-        )
-        await env.settle()
-
-        assert await stored_record(env, f"{linkedid}-0") == content
-        job = attach_job(await env.jobs())
-        assert job.status == JobStatus.SUCCEEDED, job.last_error
-        assert job.result is not None
-        assert job.result["uploaded_bytes"] == len(content)
-        assert "FILE_ID" in job.result
+        result = await upload_succeeds(env, linkedid, monitor / "a.wav", content)
+        assert "FILE_ID" in result
         # Alone (not in a batch), with the content, after the finish.
         methods = [r["method"] for r in await env.rest_requests()]
         attach = [r for r in await env.rest_requests() if r["method"].endswith("attachRecord")]
@@ -113,17 +141,7 @@ class TestRecordingsByPath:
         env, linkedid = recording_env, "1764180000.2"
         content = b"ID3" + bytes(range(256)) * 1200  # 307203 bytes: above the inline limit
         (monitor / "b.mp3").write_bytes(content)
-        await env.post(
-            *inbound_answered(linkedid),
-            ev("call.recording", linkedid, 5, 60, path=str(monitor / "b.mp3")),
-        )
-        await env.settle()
-
-        assert await stored_record(env, f"{linkedid}-0") == content
-        job = attach_job(await env.jobs())
-        assert job.status == JobStatus.SUCCEEDED, job.last_error
-        assert job.result is not None
-        assert job.result["uploaded_bytes"] == len(content)
+        await upload_succeeds(env, linkedid, monitor / "b.mp3", content)
         (attach,) = [r for r in await env.rest_requests() if r["method"].endswith("attachRecord")]
         assert "FILE_CONTENT" not in attach["params"]
         assert attach["params"]["FILENAME"] == f"{linkedid}-0.mp3"
@@ -137,13 +155,7 @@ class TestRecordingsByPath:
         env, linkedid = recording_env, "1764180000.3"
         (tmp_path / "shadow.wav").write_bytes(b"root:secret")
         (monitor / "c.wav").symlink_to(tmp_path / "shadow.wav")
-        await env.post(
-            *inbound_answered(linkedid),
-            ev("call.recording", linkedid, 5, 60, path=str(monitor / "c.wav")),
-        )
-        await env.settle()
-
-        job = attach_job(await env.jobs())
+        job = await uploaded(env, linkedid, monitor / "c.wav")
         assert job.status == JobStatus.DEAD
         assert job.last_error is not None
         assert "RecordingRefusedError" in job.last_error
@@ -154,24 +166,14 @@ class TestRecordingsByPath:
     async def test_a_file_above_the_cap_dies(self, recording_env: Env, monitor: Path) -> None:
         env, linkedid = recording_env, "1764180000.4"
         (monitor / "d.wav").write_bytes(bytes(1_000_001))
-        await env.post(
-            *inbound_answered(linkedid),
-            ev("call.recording", linkedid, 5, 60, path=str(monitor / "d.wav")),
-        )
-        await env.settle()
-
-        job = attach_job(await env.jobs())
+        job = await uploaded(env, linkedid, monitor / "d.wav")
         assert job.status == JobStatus.DEAD
         assert "RecordingTooLargeError" in (job.last_error or "")
 
     async def test_a_file_not_there_yet_is_awaited(self, recording_env: Env, monitor: Path) -> None:
         env, linkedid = recording_env, "1764180000.5"
-        await env.post(
-            *inbound_answered(linkedid),
-            ev("call.recording", linkedid, 5, 60, path=str(monitor / "e.wav")),
-        )
-        await wait_for_jobs(
-            env,
+        await post_recorded_call(env, linkedid, monitor / "e.wav")
+        await env.wait_for_jobs(
             lambda jobs: any(
                 j.payload["command"]["kind"] == "attach_record"
                 and j.attempts == 1
@@ -185,13 +187,7 @@ class TestRecordingsByPath:
         assert due > datetime.now(UTC)  # backing off, not spinning
         # MixMonitor closes the file; the retry is due.
         (monitor / "e.wav").write_bytes(b"RIFF" + bytes(100))
-        async with env.h.session_factory() as session, session.begin():
-            await session.execute(
-                update(Job).where(Job.id == job.id).values(run_after=datetime.now(UTC))
-            )
-        assert env.uploads is not None
-        env.uploads.wake()
-        await env.settle()
+        await retried_now(env, job)
 
         job = attach_job(await env.jobs())
         assert job.status == JobStatus.SUCCEEDED, job.last_error
@@ -203,13 +199,7 @@ class TestRecordingsByPath:
         self, recording_env: Env, monitor: Path
     ) -> None:
         env, linkedid = recording_env, "1764180000.6"
-        await env.post(
-            *inbound_answered(linkedid),
-            ev("call.recording", linkedid, 5, 60, path=str(monitor / "never.wav")),
-        )
-        await env.settle()
-
-        job = attach_job(await env.jobs())
+        job = await uploaded(env, linkedid, monitor / "never.wav")
         assert job.status == JobStatus.DEAD
         assert job.last_error is not None
         assert "RecordingNotReadyError" in job.last_error
@@ -221,27 +211,14 @@ class TestRecordingsByPath:
     ) -> None:
         env, linkedid = recording_env, "1764180000.7"
         (monitor / "f.wav").write_bytes(b"RIFF" + bytes(100))
-        async with env.h.session_factory() as session, session.begin():
-            integration = await env.h.integration()
-            assert integration is not None
-            # The seed's user 4 was fired: Bitrix24 refuses to register a call for them.
-            session.add(Bitrix24User(integration_id=integration.id, user_id=4, extension="104"))
+        fired = await env.add_fired_user()
         await env.post(
-            ev(
-                "call.started",
-                linkedid,
-                1,
-                0,
-                direction="outbound",
-                external_number="84951234567",
-                extension="104",
-            ),
-            ev("call.answered", linkedid, 2, 5, extension="104"),
+            outbound_started(linkedid, extension=fired),
+            ev("call.answered", linkedid, 2, 5, extension=fired),
             ev("call.ended", linkedid, 3, 30, disposition="answered", talk_seconds=25),
             ev("call.recording", linkedid, 4, 31, path=str(monitor / "f.wav")),
         )
-        await wait_for_jobs(
-            env,
+        await env.wait_for_jobs(
             lambda jobs: (
                 any(j.status == JobStatus.DEAD for j in jobs)
                 and all(j.status != JobStatus.RUNNING for j in jobs)
@@ -265,12 +242,8 @@ class TestRecordingsByPath:
         env.h.emulator.config.method_costs["telephony.externalcall.finish"] = 500.0
         await env.post(*inbound_answered("1764180000.8"))
         await env.settle()
-        await env.post(
-            *inbound_answered(linkedid),
-            ev("call.recording", linkedid, 5, 60, path=str(monitor / "g.wav")),
-        )
-        await wait_for_jobs(
-            env,
+        await post_recorded_call(env, linkedid, monitor / "g.wav")
+        await env.wait_for_jobs(
             lambda jobs: (
                 any(
                     j.payload["linkedid"] == linkedid
@@ -328,13 +301,7 @@ class TestEnterpriseDirectories:
     ) -> None:
         env, (_a, b) = recording_env, tenants
         (b / "theirs.wav").write_bytes(WAV)
-        await env.post(
-            *inbound_answered("1764190000.1"),
-            ev("call.recording", "1764190000.1", 5, 60, path=str(b / "theirs.wav")),
-        )
-        await env.settle()
-
-        error = refused(attach_job(await env.jobs()))
+        error = refused(await uploaded(env, "1764190000.1", b / "theirs.wav"))
         assert "outside enterprise 100's recordings directories" in error
         assert "callbridge enterprise set-recordings 100" in error
         assert not [r for r in await env.rest_requests() if r["method"].endswith("attachRecord")]
@@ -346,13 +313,7 @@ class TestEnterpriseDirectories:
         env, (a, _b) = recording_env, tenants
         (a / "2026").mkdir()
         (a / "2026" / "ours.wav").write_bytes(WAV)
-        await env.post(
-            *inbound_answered("1764190000.2"),
-            ev("call.recording", "1764190000.2", 5, 60, path=str(a / "2026" / "ours.wav")),
-        )
-        await env.settle()
-
-        job = attach_job(await env.jobs())
+        job = await uploaded(env, "1764190000.2", a / "2026" / "ours.wav")
         assert job.status == JobStatus.SUCCEEDED, job.last_error
         assert await stored_record(env, "1764190000.2-0") == WAV
 
@@ -367,13 +328,7 @@ class TestEnterpriseDirectories:
             path = str(a / "link.wav")
         else:
             path = f"{a}/../200/theirs.wav"
-        await env.post(
-            *inbound_answered("1764190000.3"),
-            ev("call.recording", "1764190000.3", 5, 60, path=path),
-        )
-        await env.settle()
-
-        error = refused(attach_job(await env.jobs()))
+        error = refused(await uploaded(env, "1764190000.3", path))
         assert f"resolved to {str(b / 'theirs.wav')!r}" in error
         assert "outside enterprise 100's recordings directories" in error
         assert not [r for r in await env.rest_requests() if r["method"].endswith("attachRecord")]
@@ -386,13 +341,7 @@ class TestEnterpriseDirectories:
         elsewhere.mkdir()
         (elsewhere / "a.wav").write_bytes(WAV)
         await set_recordings(env, ENTERPRISE, [elsewhere])
-        await env.post(
-            *inbound_answered("1764190000.4"),
-            ev("call.recording", "1764190000.4", 5, 60, path=str(elsewhere / "a.wav")),
-        )
-        await env.settle()
-
-        error = refused(attach_job(await env.jobs()))
+        error = refused(await uploaded(env, "1764190000.4", elsewhere / "a.wav"))
         assert "outside the recordings directories" in error
         assert "CALLBRIDGE_RECORDINGS_DIRS" in error
 
@@ -405,10 +354,7 @@ class TestEnterpriseDirectories:
         for n in (1, 2):
             linkedid = f"1764190000.{4 + n}"
             (monitor / f"{n}.wav").write_bytes(WAV)
-            await env.post(
-                *inbound_answered(linkedid),
-                ev("call.recording", linkedid, 5, 60, path=str(monitor / f"{n}.wav")),
-            )
+            await post_recorded_call(env, linkedid, monitor / f"{n}.wav")
         await env.settle()
 
         # Still uploaded (the bridge's directories are the fallback), with one warning.
@@ -426,13 +372,8 @@ class TestEnterpriseDirectories:
         env = recording_env
         caplog.set_level(logging.WARNING, logger="callbridge.worker.uploads")
         (monitor / "a.wav").write_bytes(WAV)
-        await env.post(
-            *inbound_answered("1764190000.7"),
-            ev("call.recording", "1764190000.7", 5, 60, path=str(monitor / "a.wav")),
-        )
-        await env.settle()
-
-        assert attach_job(await env.jobs()).status == JobStatus.SUCCEEDED
+        job = await uploaded(env, "1764190000.7", monitor / "a.wav")
+        assert job.status == JobStatus.SUCCEEDED
         assert not [r for r in caplog.records if r.name.endswith("uploads")]
 
 
@@ -463,10 +404,7 @@ class TestUploadLane:
         ) as env:
             content = b"RIFF" + bytes(range(256)) * 1200  # 307204 bytes: by uploadUrl
             (monitor / "big.wav").write_bytes(content)
-            await env.post(
-                *inbound_answered("1764190100.1"),
-                ev("call.recording", "1764190100.1", 5, 60, path=str(monitor / "big.wav")),
-            )
+            await post_recorded_call(env, "1764190100.1", monitor / "big.wav")
             await asyncio.wait_for(in_flight.wait(), 15)
 
             # Another call rings on the same portal while the upload hangs.
@@ -502,12 +440,7 @@ class TestUploadLane:
     ) -> None:
         env = recording_env
         (monitor / "a.wav").write_bytes(b"RIFF" + bytes(size))
-        await env.post(
-            *inbound_answered("1764190100.3"),
-            ev("call.recording", "1764190100.3", 5, 60, path=str(monitor / "a.wav")),
-        )
-        await env.settle()
-        job = attach_job(await env.jobs())
+        job = await uploaded(env, "1764190100.3", monitor / "a.wav")
         assert job.status == JobStatus.SUCCEEDED, job.last_error
 
         taken: list[str] = []
@@ -554,21 +487,10 @@ class TestReauthorisation:
         env, linkedid = recording_env, "1764190200.1"
         await env.post(*inbound_answered(linkedid))
         await env.settle()
-        async with env.h.session_factory() as session, session.begin():
-            repo = IntegrationRepository(session, env.h.box)
-            row = await repo.by_member_id(env.h.emulator.portal.member_id)
-            assert row is not None
-            await repo.set_tokens(
-                row,
-                access_token="revoked",
-                refresh_token="revoked",
-                expires_at=row.expires_at or datetime.now(UTC) + timedelta(hours=1),
-            )
-        env.h.portals._credentials.clear()  # as a restarted process would load them
+        await env.revoke_tokens()
         (monitor / "a.wav").write_bytes(WAV)
         await env.post(ev("call.recording", linkedid, 5, 60, path=str(monitor / "a.wav")))
-        await wait_for_jobs(
-            env,
+        await env.wait_for_jobs(
             lambda jobs: any(j.kind == UPLOAD_KIND and j.last_error for j in jobs),
         )
 
@@ -581,13 +503,7 @@ class TestReauthorisation:
         assert integration.status == IntegrationStatus.NEEDS_REAUTH
 
         await env.h.install()  # the administrator reinstalls the app
-        async with env.h.session_factory() as session, session.begin():
-            await session.execute(
-                update(Job).where(Job.id == job.id).values(run_after=datetime.now(UTC))
-            )
-        assert env.uploads is not None
-        env.uploads.wake()
-        await env.settle()
+        await retried_now(env, job)
         assert attach_job(await env.jobs()).status == JobStatus.SUCCEEDED
         assert await stored_record(env, f"{linkedid}-0") == WAV
 
@@ -629,12 +545,7 @@ class TestWhoseDirectories:
     ) -> None:
         env, (a, _b) = recording_env, tenants
         (a / "ours.wav").write_bytes(WAV)
-        await env.post(
-            *inbound_answered("1764190300.1"),
-            ev("call.recording", "1764190300.1", 5, 60, path=str(a / "ours.wav")),
-        )
-        await env.settle()
-        job = attach_job(await env.jobs())
+        job = await uploaded(env, "1764190300.1", a / "ours.wav")
         assert job.status == JobStatus.SUCCEEDED, job.last_error
         async with env.h.session_factory() as session:
             other = await EnterpriseRepository(session).by_number("200")

@@ -7,7 +7,7 @@ way. Nothing listens on a port.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 from cryptography.fernet import Fernet
-from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from fastapi import APIRouter, FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bitrix24_emulator.app import create_app
@@ -28,7 +28,7 @@ from callbridge.crm.bitrix24.api_log import MemoryApiLog
 from callbridge.portals import Portals
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
-from callbridge.storage.models import Bitrix24Integration
+from callbridge.storage.models import Bitrix24Integration, Enterprise
 from callbridge.storage.repositories import IntegrationRepository
 from callbridge.web.bitrix24_app import router
 
@@ -61,6 +61,7 @@ class Harness:
     box: SecretBox
     settings: Settings
     api_log: MemoryApiLog
+    engine: AsyncEngine
 
     async def register_app(self, **fields: Any) -> dict[str, Any]:
         """Register callbridge as an app on the portal."""
@@ -80,6 +81,27 @@ class Harness:
         response = await self.emulator_http.post(f"/_emulator/apps/{CLIENT_ID}/install")
         response.raise_for_status()
         return response.json()  # type: ignore[no-any-return]
+
+    async def install_for(
+        self, enterprise: Enterprise, settings: dict[str, Any] | None = None
+    ) -> Bitrix24Integration:
+        """Register and install the app, then link the portal to the new ``enterprise``.
+
+        ``settings`` replace the integration's settings (kept as installed when None).
+        """
+        await self.register_app()
+        await self.install()
+        async with self.session_factory() as session, session.begin():
+            session.add(enterprise)
+            await session.flush()
+            row = await IntegrationRepository(session, self.box).by_member_id(
+                self.emulator.portal.member_id
+            )
+            assert row is not None
+            row.enterprise_id = enterprise.id
+            if settings is not None:
+                row.settings = settings
+        return row
 
     async def integration(self) -> Bitrix24Integration | None:
         """The stored integration of the emulated portal."""
@@ -110,28 +132,44 @@ def callbridge_settings(database_url: str, var_dir: Path, **overrides: Any) -> S
 
 @asynccontextmanager
 async def harness(
-    database_url: str, var_dir: Path, config: EmulatorConfig | None = None
+    database_url: str,
+    var_dir: Path,
+    config: EmulatorConfig | None = None,
+    *,
+    routers: Sequence[APIRouter] = (router,),
+    portal_mounts: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
+    settings_overrides: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Harness]:
-    """Start both sides on one database."""
-    settings = callbridge_settings(database_url, var_dir)
+    """Start both sides on one database.
+
+    ``routers`` are callbridge's routes the emulator reaches (the Bitrix24 app's by default);
+    ``portal_mounts`` give the portal other hosts to reach (e.g. a PBX serving ``RECORD_URL``s);
+    ``wrap_transport`` wraps the transport callbridge reaches the portal through (to lose an
+    answer, say); ``settings_overrides`` change callbridge's settings.
+    """
+    settings = callbridge_settings(database_url, var_dir, **dict(settings_overrides or {}))
     engine = create_engine(database_url)
     session_factory = create_session_factory(engine)
     box = SecretBox(settings.fernet_keys())
     callbridge_app = FastAPI()
-    callbridge_app.include_router(router)
+    for routes in routers:
+        callbridge_app.include_router(routes)
     holder: dict[str, Any] = {}
     to_callbridge = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=with_state(callbridge_app, holder)),
         base_url=CALLBRIDGE,
+        mounts=dict(portal_mounts or {}),
     )
     config = config or EmulatorConfig()
     config.base_url = config.base_url or PORTAL
     config.domain = config.domain or "portal.test"
     config.http_client = to_callbridge
     emulator_app = create_app(config)
-    to_emulator = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=emulator_app), base_url=PORTAL
-    )
+    transport: httpx.AsyncBaseTransport = httpx.ASGITransport(app=emulator_app)
+    if wrap_transport is not None:
+        transport = wrap_transport(transport)
+    to_emulator = httpx.AsyncClient(transport=transport, base_url=PORTAL)
     api_log = MemoryApiLog()
     portals = Portals(settings, session_factory, to_emulator, box, api_log=api_log)
     holder.update(
@@ -151,6 +189,7 @@ async def harness(
             box,
             settings,
             api_log,
+            engine,
         )
     finally:
         await to_callbridge.aclose()

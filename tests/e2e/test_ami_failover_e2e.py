@@ -368,6 +368,9 @@ async def test_the_standby_takes_over_a_killed_listener_and_every_call_ends_once
             heartbeat = await see.heartbeat()
             assert heartbeat is not None
             read = time.monotonic()
+            # Still the first takeover's listener (a lock lost since would show here, not as a
+            # lock that never moves after the kill).
+            assert await see.listening() is standby, s.logs()
             held = await see.lock_ports()
             # Frozen first, killed once the PBX has sent the hang-up: the frozen holder keeps
             # the lock, so the last worker cannot log in in time to see the hang-up live, and

@@ -301,12 +301,14 @@ class TestOneListenerPerPbx:
         holder = first if first.holding else second
         listener = next(iter(holder.supervisor.listeners.values()))
 
-        # The database drops the holder's lock connection (a restart, a network cut).
+        # The database drops the holder's lock connection (a restart, a network cut). Only in
+        # this test's database: the server may run other bridges' listeners.
         async with cluster.observer.connect() as connection:
             await connection.execute(
                 text(
                     "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                    "WHERE locktype = 'advisory' AND classid = :cls AND granted"
+                    "WHERE locktype = 'advisory' AND classid = :cls AND granted AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
                 ),
                 {"cls": ADVISORY_LOCK_CLASS},
             )

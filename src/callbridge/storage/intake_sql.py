@@ -49,7 +49,10 @@ from callbridge.storage.models import JobStatus
 from callbridge.storage.repositories.calls import SUMMARY_COLUMNS, summary_of
 from callbridge.storage.types import utcnow
 
-__all__ = ["CallCache", "IntakeStore", "IntakeTransaction", "PreloadedRouting"]
+__all__ = ["Admission", "CallCache", "IntakeStore", "IntakeTransaction", "PreloadedRouting"]
+
+#: A request to admit: (enterprise id, its webhook secret as stored, its events).
+Admission = tuple[int, str, Sequence[Event]]
 
 _QUEUED = JobStatus.QUEUED.value
 # JSON columns hold the same documents as SQLAlchemy writes, in orjson's compact form:
@@ -153,6 +156,21 @@ class IntakeTransaction:
         """The stored (encrypted) webhook secret of each active enterprise among ``ids``."""
         raise NotImplementedError
 
+    async def admit(self, requests: Sequence[Admission], source: str) -> list[bool]:
+        """Whether each request's secret (as stored, encrypted) is still its enterprise's.
+
+        ``requests`` are (enterprise id, stored secret, events) and ``source`` their inbox
+        source. A transaction may also lock the calls the admitted events name and file the
+        events now, in the same statement (PostgreSQL does, when every request is admitted):
+        call tracking's :meth:`get_many` and :meth:`add_many` on exactly those calls and events
+        then answer from it. A refused request has nothing of it stored.
+        """
+        current = await self.active_webhook_secrets({request[0] for request in requests})
+        return [current.get(enterprise_id) == secret for enterprise_id, secret, _ in requests]
+
+    async def flush(self) -> None:
+        """Write what is still held back (before the commit)."""
+
     # -- EventInbox ----------------------------------------------------------------------------
 
     async def add(self, enterprise_id: int, source: str, event: Event) -> int | None:
@@ -220,6 +238,9 @@ class IntakeTransaction:
         stored = await self._update_calls(
             [(row_id, summary_of(call)) for row_id, call in calls], utcnow()
         )
+        self._saved(calls, stored)
+
+    def _saved(self, calls: Sequence[tuple[int, Call]], stored: Mapping[int, str]) -> None:
         for row_id, call in calls:
             if row_id in self._locked and row_id in stored:
                 self._locked[row_id] = (self._locked[row_id][0], stored[row_id])
@@ -547,52 +568,175 @@ RETURNING id
 """
 
 
+# The secrets check, the calls' locks and the events' filing of a group, in one round trip: the
+# locks and the events only if every request is admitted (else nothing is written, and the
+# statements run one by one for the admitted ones). The parts are read in this order (``locked``
+# runs to completion before ``filed`` begins), so calls are still locked before events are filed.
+_PG_ADMIT = """
+WITH asked AS (
+    SELECT DISTINCT e, s FROM unnest($1::bigint[], $2::text[]) AS r(e, s)
+), refused AS (
+    SELECT asked.e, asked.s FROM asked
+    LEFT JOIN enterprises ON enterprises.id = asked.e AND enterprises.active IS true
+    WHERE enterprises.webhook_secret_enc IS NULL OR enterprises.webhook_secret_enc = ''
+        OR enterprises.webhook_secret_enc <> asked.s
+), admitted AS (
+    SELECT NOT EXISTS (SELECT 1 FROM refused) AS ok
+), locked AS (
+    INSERT INTO calls (enterprise_id, linkedid, model, ringing, state, direction,
+                       external_number, line_number, talk_seconds, created_at, updated_at)
+    SELECT e, l, '{}'::jsonb, '{}'::jsonb, 'new', 'inbound', '', '', 0, $11::timestamptz,
+           $11::timestamptz
+    FROM unnest($3::bigint[], $4::text[]) WITH ORDINALITY AS t(e, l, n)
+    WHERE (SELECT ok FROM admitted)
+    ORDER BY n
+    ON CONFLICT (enterprise_id, linkedid) DO UPDATE SET updated_at = excluded.updated_at
+    RETURNING id, enterprise_id, linkedid, model::text
+), filed AS (
+    INSERT INTO pbx_events (enterprise_id, source, event_id, linkedid, kind, payload,
+                            occurred_at, received_at, handled_at)
+    SELECT e, s, i, l, k, p::jsonb, o, $11::timestamptz, $11::timestamptz
+    FROM unnest($5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                $12::timestamptz[]) AS t(e, s, i, l, k, p, o)
+    WHERE (SELECT ok FROM admitted)
+    ON CONFLICT (enterprise_id, source, event_id) DO NOTHING
+    RETURNING enterprise_id, source, event_id
+)
+SELECT 0, NULL::bigint, e, s, NULL::text FROM refused
+UNION ALL SELECT 1, id, enterprise_id, linkedid, model FROM locked
+UNION ALL SELECT 2, NULL::bigint, enterprise_id, source, event_id FROM filed
+"""
+# The calls saved, and the jobs queued after them, in one round trip.
+_PG_SAVE_AND_QUEUE = (
+    "WITH saved AS ("
+    + _PG_UPDATE_CALLS.strip()
+    + "), queued AS ("
+    + _PG_INSERT_JOBS.strip()
+    .replace("$9::", "$27::")
+    .replace("$8::", "$26::")
+    .replace("$7::", "$25::")
+    .replace("$6::", "$24::")
+    .replace("$5::", "$23::")
+    .replace("$4::", "$22::")
+    .replace("$3::", "$21::")
+    .replace("$2::", "$20::")
+    .replace("$1::", "$19::")
+    + ") SELECT true, id, model FROM saved UNION ALL SELECT false, id, NULL FROM queued"
+)
+
+
 class _PostgresTransaction(IntakeTransaction):
-    """The intake's statements on the asyncpg connection itself (see the module docstring)."""
+    """The intake's statements on the asyncpg connection itself (see the module docstring).
+
+    Round trips are what a group's transaction costs here, so statements are folded together:
+    :meth:`admit` also locks the calls and files the events, and the calls saved are written
+    with the jobs queued after them (or, when none are, just before the commit).
+    """
 
     def __init__(self, connection: Any, calls: CallCache | None = None) -> None:
         super().__init__(calls)
         self._db = connection
+        # What admit() locked and filed: the keys and rows; the events asked and those new.
+        self._locks: tuple[list[CallKey], list[tuple[int, int, str, str]]] | None = None
+        self._filed: tuple[list[tuple[int, str, str]], set[tuple[int, str, str]]] | None = None
+        # Calls saved but not written yet: (row id, call), and their columns for the UPDATE.
+        self._unsaved: list[tuple[int, Call]] = []
+        self._unsaved_columns: list[list[Any]] = _columns(len(SUMMARY_COLUMNS) + 1)
 
     async def active_webhook_secrets(self, ids: Collection[int]) -> dict[int, str]:
         """The stored (encrypted) webhook secret of each active enterprise among ``ids``."""
         rows = await self._db.fetch(_PG_SECRETS, list(ids))
         return {row[0]: row[1] for row in rows if row[1]}
 
+    async def admit(self, requests: Sequence[Admission], source: str) -> list[bool]:
+        """As :meth:`IntakeTransaction.admit`, with the locks and the events in one statement."""
+        keys = sorted(
+            {
+                (enterprise_id, event.call_id)
+                for enterprise_id, _, events in requests
+                for event in events
+            }
+        )
+        first: dict[tuple[int, str, str], Event] = {}
+        for enterprise_id, _, events in requests:
+            for event in events:
+                first.setdefault((enterprise_id, source, event.event_id), event)
+        events_columns = _event_columns(
+            [
+                (enterprise_id, source_, event)
+                for (enterprise_id, source_, _), event in first.items()
+            ]
+        )
+        rows = await self._db.fetch(
+            _PG_ADMIT,
+            [request[0] for request in requests],
+            [request[1] for request in requests],
+            [key[0] for key in keys],
+            [key[1] for key in keys],
+            *events_columns[:6],
+            utcnow(),
+            events_columns[6],
+        )
+        refused = {(row[2], row[3]) for row in rows if row[0] == 0}
+        if refused:
+            return [(request[0], request[1]) not in refused for request in requests]
+        self._locks = (keys, [(row[1], row[2], row[3], row[4]) for row in rows if row[0] == 1])
+        self._filed = (list(first), {(row[2], row[3], row[4]) for row in rows if row[0] == 2})
+        return [True] * len(requests)
+
     async def _insert_events(
         self, entries: Sequence[InboxEntry], now: datetime
     ) -> set[tuple[int, str, str]]:
-        columns: list[list[Any]] = [[], [], [], [], [], [], []]
-        for enterprise_id, source, event in entries:
-            columns[0].append(enterprise_id)
-            columns[1].append(source)
-            columns[2].append(event.event_id)
-            columns[3].append(event.call_id)
-            columns[4].append(event.name)
-            columns[5].append(_dumps(event_to_dict(event)))
-            columns[6].append(event.timestamp)
+        filed, self._filed = self._filed, None
+        if filed is not None:
+            if filed[0] != [(e, s, event.event_id) for e, s, event in entries]:
+                raise RuntimeError("the events filed on admission are not the ones tracked")
+            return filed[1]
+        columns = _event_columns(entries)
         rows = await self._db.fetch(_PG_INSERT_EVENTS, *columns[:6], now, columns[6])
         return {(row[0], row[1], row[2]) for row in rows}
 
     async def _lock_calls(
         self, keys: Sequence[CallKey], now: datetime
     ) -> Iterable[tuple[int, int, str, str]]:
+        locks, self._locks = self._locks, None
+        if locks is not None and locks[0] == list(keys):
+            return locks[1]
+        # A call saved but not written yet must be read as saved.
+        await self.flush()
         rows = await self._db.fetch(
             _PG_LOCK_CALLS, [key[0] for key in keys], [key[1] for key in keys], now
         )
         return [(row[0], row[1], row[2], row[3]) for row in rows]
 
-    async def _update_calls(
-        self, summaries: Sequence[tuple[int, dict[str, Any]]], now: datetime
-    ) -> dict[int, str]:
-        columns: list[list[Any]] = [[] for _ in range(len(SUMMARY_COLUMNS) + 1)]
-        for row_id, summary in summaries:
+    async def save_many(self, calls: Sequence[tuple[int, Call]]) -> None:
+        """Hold the calls back: written with the next jobs queued, or before the commit."""
+        columns = self._unsaved_columns
+        for row_id, call in calls:
             columns[0].append(row_id)
+            summary = summary_of(call)
             for index, name in enumerate(SUMMARY_COLUMNS, start=1):
                 value = summary[name]
                 columns[index].append(_dumps(value) if name in _JSON_SUMMARY else value)
-        # jsonb keeps its own spelling of the document: the text to remember is its.
-        return {row[0]: row[1] for row in await self._db.fetch(_PG_UPDATE_CALLS, *columns, now)}
+        self._unsaved += calls
+
+    async def flush(self) -> None:
+        """Write the calls saved since the last statement."""
+        if self._unsaved:
+            calls, columns = self._take_unsaved()
+            rows = await self._db.fetch(_PG_UPDATE_CALLS, *columns, utcnow())
+            # jsonb keeps its own spelling of the document: the text to remember is its.
+            self._saved(calls, {row[0]: row[1] for row in rows})
+
+    def _take_unsaved(self) -> tuple[list[tuple[int, Call]], list[list[Any]]]:
+        taken = self._unsaved, self._unsaved_columns
+        self._unsaved, self._unsaved_columns = [], _columns(len(SUMMARY_COLUMNS) + 1)
+        return taken
+
+    async def _update_calls(
+        self, summaries: Sequence[tuple[int, dict[str, Any]]], now: datetime
+    ) -> dict[int, str]:
+        raise NotImplementedError  # save_many holds the calls back instead
 
     async def _job_statuses(self, ids: Collection[int]) -> dict[int, str]:
         rows = await self._db.fetch(
@@ -603,7 +747,7 @@ class _PostgresTransaction(IntakeTransaction):
     async def _insert_jobs(
         self, jobs: Sequence[NewJob], cancelled: Sequence[bool], now: datetime
     ) -> list[int]:
-        columns: list[list[Any]] = [[] for _ in range(8)]
+        columns = _columns(8)
         for job, dead in zip(jobs, cancelled, strict=True):
             status, _, last_error = _job_row(job, dead)
             columns[0].append(job.kind)
@@ -614,8 +758,30 @@ class _PostgresTransaction(IntakeTransaction):
             columns[5].append(job.integration_id)
             columns[6].append(job.call_id)
             columns[7].append(last_error)
-        rows = await self._db.fetch(_PG_INSERT_JOBS, *columns, now)
-        return sorted(row[0] for row in rows)
+        if not self._unsaved:
+            rows = await self._db.fetch(_PG_INSERT_JOBS, *columns, now)
+            return sorted(row[0] for row in rows)
+        calls, call_columns = self._take_unsaved()
+        rows = await self._db.fetch(_PG_SAVE_AND_QUEUE, *call_columns, now, *columns, now)
+        self._saved(calls, {row[1]: row[2] for row in rows if row[0]})
+        return sorted(row[1] for row in rows if not row[0])
+
+
+def _columns(count: int) -> list[list[Any]]:
+    return [[] for _ in range(count)]
+
+
+def _event_columns(entries: Iterable[InboxEntry]) -> list[list[Any]]:
+    columns = _columns(7)
+    for enterprise_id, source, event in entries:
+        columns[0].append(enterprise_id)
+        columns[1].append(source)
+        columns[2].append(event.event_id)
+        columns[3].append(event.call_id)
+        columns[4].append(event.name)
+        columns[5].append(_dumps(event_to_dict(event)))
+        columns[6].append(event.timestamp)
+    return columns
 
 
 # -- the transaction ---------------------------------------------------------------------------
@@ -737,6 +903,7 @@ class IntakeStore:
         driver: Any = raw.driver_connection
         try:
             yield
+            await transaction.flush()
             if self._postgres:
                 # The NOTIFY goes with the COMMIT: one round trip, delivered on commit.
                 await driver.execute(

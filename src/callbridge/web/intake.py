@@ -38,7 +38,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from callbridge.domain.errors import CallbridgeError, StorageError
 from callbridge.domain.events import Event
 from callbridge.domain.ports import CallRouting
-from callbridge.services.call_tracking import EventGroup, Outcome, track_event_groups
+from callbridge.services.call_tracking import (
+    WEBHOOK_SOURCE,
+    EventGroup,
+    Outcome,
+    track_event_groups,
+)
 from callbridge.storage.call_tracking import RoutingCache, SqlRoutingSource, call_tracking_ports
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.intake_sql import IntakeStore, PreloadedRouting
@@ -232,10 +237,9 @@ class IntakeWriter:
             return await self._session_transaction(group)
         routing = PreloadedRouting(await self._routings({r.enterprise_id for r in group}))
         async with store.transaction() as transaction:
-            current = await transaction.active_webhook_secrets(
-                {request.enterprise_id for request in group}
+            valid = await transaction.admit(
+                [(r.enterprise_id, r.secret_enc, r.events) for r in group], WEBHOOK_SOURCE
             )
-            valid = [current.get(r.enterprise_id) == r.secret_enc for r in group]
             applied = iter(
                 await track_event_groups(
                     transaction.ports(routing),

@@ -24,11 +24,17 @@ from callbridge.domain.events import (
     Ringing,
 )
 from callbridge.domain.ports import NewJob
-from callbridge.services.call_tracking import EventGroup, Outcome, track_event_groups
+from callbridge.services.call_tracking import (
+    WEBHOOK_SOURCE,
+    EventGroup,
+    Outcome,
+    track_event_groups,
+)
 from callbridge.storage.call_tracking import SqlRoutingSource, call_tracking_ports
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.intake_sql import IntakeStore, PreloadedRouting
 from callbridge.storage.job_queue import JobQueue
+from callbridge.storage.models import Enterprise
 from tests.callbridge.services.test_call_tracking import BOX, Tenant, make_tenant
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -131,6 +137,50 @@ async def through_intake(
         ports = transaction.ports(routing)
         (outcomes,) = await track_event_groups(ports, [EventGroup(tenant.enterprise_id, events)])
     return outcomes
+
+
+async def through_orm_groups(
+    factory: async_sessionmaker[AsyncSession], tenant: Tenant, groups: Sequence[Sequence[Event]]
+) -> list[list[Outcome]]:
+    async with factory() as session, session.begin():
+        ports = call_tracking_ports(session, BOX)
+        return await track_event_groups(
+            ports, [EventGroup(tenant.enterprise_id, events) for events in groups]
+        )
+
+
+async def through_admission(
+    store: IntakeStore,
+    factory: async_sessionmaker[AsyncSession],
+    tenant: Tenant,
+    requests: Sequence[tuple[str, Sequence[Event]]],
+) -> tuple[list[bool], list[list[Outcome]]]:
+    """As the webhook intake applies a group: each request admitted (or not) by its secret."""
+    async with factory() as session:
+        routing = await SqlRoutingSource(session, BOX).for_enterprise(tenant.enterprise_id)
+    async with store.transaction() as transaction:
+        admitted = await transaction.admit(
+            [(tenant.enterprise_id, secret, events) for secret, events in requests],
+            WEBHOOK_SOURCE,
+        )
+        ports = transaction.ports(PreloadedRouting({tenant.enterprise_id: routing}))
+        outcomes = await track_event_groups(
+            ports,
+            [
+                EventGroup(tenant.enterprise_id, events)
+                for (_, events), ok in zip(requests, admitted, strict=True)
+                if ok
+            ],
+        )
+    return admitted, outcomes
+
+
+async def with_secret(factory: async_sessionmaker[AsyncSession], tenant: Tenant) -> str:
+    """Give the tenant's enterprise a webhook secret; the secret as stored."""
+    async with factory() as session, session.begin():
+        enterprise = await session.get_one(Enterprise, tenant.enterprise_id)
+        enterprise.webhook_secret_enc = BOX.encrypt("token")
+        return enterprise.webhook_secret_enc
 
 
 async def apply_then_fail(
@@ -268,6 +318,121 @@ class TestSameRowsAsTheOrmPorts:
             await through_sqlalchemy(factory, tenant, [second])
             await through_intake(store, factory, tenant, [third, fourth])
         await assert_as_if_by_orm(engine, factory, tenant, answered_call("L1"))
+
+
+class TestAdmission:
+    async def test_admitted_requests_write_what_the_orm_ports_write(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        orm, plain = await tenants(factory, 2)
+        secret = await with_secret(factory, plain)
+        first, second = answered_call("L1"), missed_call("L2")
+        # The second request repeats an event of the first (a duplicate) and goes on with both
+        # calls: later requests see what earlier ones did, in one transaction.
+        groups = [[*first[:2], *second[:1]], [first[0], *first[2:], *second[1:]]]
+        store = IntakeStore(engine)
+        try:
+            expected = await through_orm_groups(factory, orm, groups)
+            admitted, outcomes = await through_admission(
+                store, factory, plain, [(secret, events) for events in groups]
+            )
+            assert admitted == [True, True]
+            assert outcomes == expected
+            assert Outcome.DUPLICATE in outcomes[1]
+            # Repeated in a later transaction: duplicates, nothing changes.
+            admitted, outcomes = await through_admission(store, factory, plain, [(secret, first)])
+            assert outcomes == [[Outcome.DUPLICATE] * 4]
+        finally:
+            await store.release()
+        want, got = await stored(engine, orm), await stored(engine, plain)
+        assert len(want["pbx_events"]) == 7
+        assert any(job["depends_on"] is not None for job in want["jobs"])
+        assert got == want
+
+    async def test_a_refused_request_stores_nothing_and_the_others_are_applied(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        orm, plain = await tenants(factory, 2)
+        secret = await with_secret(factory, plain)
+        store = IntakeStore(engine)
+        try:
+            admitted, outcomes = await through_admission(
+                store,
+                factory,
+                plain,
+                [(BOX.encrypt("rotated"), answered_call("L9")), (secret, answered_call("L1"))],
+            )
+        finally:
+            await store.release()
+        assert admitted == [False, True]
+        assert outcomes == [[Outcome.ACCEPTED] * 4]
+        await through_sqlalchemy(factory, orm, answered_call("L1"))
+        want, got = await stored(engine, orm), await stored(engine, plain)
+        # Not even the refused request's call row was created.
+        assert [row["linkedid"] for row in got["calls"]] == ["L1"]
+        assert got == want
+
+    async def test_calls_without_jobs_are_written_before_the_commit(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        orm, plain = await tenants_without_integration(factory, 2)
+        events = answered_call("L1")
+        store = IntakeStore(engine)
+        try:
+            await through_sqlalchemy(factory, orm, events)
+            assert await through_intake(store, factory, plain, events) == [Outcome.ACCEPTED] * 4
+        finally:
+            await store.release()
+        mine = await call_rows(engine, plain)
+        assert mine[0]["state"] == "ended"
+        assert mine == await call_rows(engine, orm)
+
+    async def test_a_call_saved_then_read_again_in_one_transaction_is_read_as_saved(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        # No integration, so no jobs: nothing else writes the saved call before it is read.
+        orm, plain = await tenants_without_integration(factory, 2)
+        events = answered_call("L1")
+        store = IntakeStore(engine)
+        try:
+            await through_sqlalchemy(factory, orm, events)
+            async with factory() as session:
+                routing = await SqlRoutingSource(session, BOX).for_enterprise(plain.enterprise_id)
+            async with store.transaction() as transaction:
+                ports = transaction.ports(PreloadedRouting({plain.enterprise_id: routing}))
+                for event in events:
+                    await track_event_groups(ports, [EventGroup(plain.enterprise_id, [event])])
+        finally:
+            await store.release()
+        mine = await call_rows(engine, plain)
+        assert mine[0]["state"] == "ended"
+        assert mine == await call_rows(engine, orm)
+
+
+async def tenants_without_integration(
+    factory: async_sessionmaker[AsyncSession], count: int
+) -> list[Tenant]:
+    async with factory() as session, session.begin():
+        return [await make_tenant(session, integration=False) for _ in range(count)]
+
+
+async def call_rows(engine: AsyncEngine, tenant: Tenant) -> list[dict[str, Any]]:
+    """The tenant's calls, without their ids and the clock's times."""
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                text("SELECT * FROM calls WHERE enterprise_id = :e ORDER BY linkedid"),
+                {"e": tenant.enterprise_id},
+            )
+        ).mappings()
+        return [
+            {
+                name: _decoded(value) if name in ("model", "ringing") else value
+                for name, value in row.items()
+                if name not in ("id", "enterprise_id", "created_at", "updated_at")
+            }
+            for row in rows
+        ]
 
 
 class TestJobs:

@@ -198,6 +198,26 @@ class TestGroupCommit:
             await env.submit(started("c1"))
         assert await env.count(PbxEvent) == 0
 
+    async def test_a_stale_secret_refuses_only_its_own_request_of_a_group(self, env: Env) -> None:
+        stale = BOX.encrypt("rotated")
+        async with writes_held(env.url, env.backend):
+            blocker = env.submit(started("other"))
+            await asyncio.sleep(SETTLE_SECONDS)
+            refused = asyncio.create_task(
+                env.writer.submit(env.enterprise_id, stale, [started("c1")])
+            )
+            accepted = env.submit(started("c2"), answered("c2"))
+            await asyncio.sleep(SETTLE_SECONDS)
+        assert await blocker == [Outcome.ACCEPTED]
+        with pytest.raises(CredentialsChangedError):
+            await refused
+        assert await accepted == [Outcome.ACCEPTED, Outcome.ACCEPTED]
+        assert (env.writer.commits, env.writer.committed_requests) == (2, 3)
+        async with env.factory() as session:
+            linkedids = set((await session.scalars(select(CallRow.linkedid))).all())
+        assert linkedids == {"other", "c2"}
+        assert await env.count(PbxEvent) == 3
+
     @pytest.mark.postgres
     async def test_a_connection_lost_before_the_commit_answers_no_202(self, env: Env) -> None:
         if env.backend != "postgres":

@@ -138,6 +138,9 @@ class IntakeTransaction:
     #: Jobs queued by this transaction (their status is known without asking the database).
     _queued: set[int]
 
+    #: The driver's connection the transaction runs on (for the commit).
+    driver: Any = None
+
     def __init__(self, calls: CallCache | None = None) -> None:
         self._queued = set()
         self.jobs_queued = False
@@ -795,8 +798,9 @@ class IntakeStore:
     group's statements. It goes back to the pool when it has been idle that long (at the next
     transaction, or :meth:`release_if_idle`), on :meth:`release`, and at the first error. A
     connection idle for less than ``keep_seconds`` is as good as a pinged one. SQLite's one
-    pooled connection goes back after every transaction: other sessions of the process wait
-    for it.
+    pooled connection goes back after a transaction unless the caller says another follows at
+    once (and then after ``max_kept`` in a row): other sessions of the process wait for it, and
+    a checkout and check-in cost more CPU than a small group's statements.
     """
 
     def __init__(
@@ -804,20 +808,32 @@ class IntakeStore:
         engine: AsyncEngine,
         *,
         keep_seconds: float = 1.0,
+        max_kept: int = 8,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.keep_seconds = keep_seconds
+        #: SQLite: transactions in a row on a kept connection, at most, before it goes back to
+        #: the pool (where other sessions of the process queue for it).
+        self.max_kept = max_kept
         self._clock = clock
         self._postgres = engine.dialect.name == "postgresql"
         self._held: AsyncConnection | None = None
+        # The kept connection and its driver's (read once, not at every transaction).
+        self._held_driver: tuple[AsyncConnection, Any] | None = None
         self._last_used = 0.0
+        self._kept_in_a_row = 0
         #: The calls committed by this store's transactions, decoded.
         self.calls = CallCache()
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[IntakeTransaction]:
+    async def transaction(self, *, more: bool = False) -> AsyncIterator[IntakeTransaction]:
         """A write transaction, committed when the block ends without error; else rolled back.
+
+        ``more``: another transaction follows at once (requests are waiting for it). SQLite's
+        connection is then kept for it, up to ``max_kept`` transactions in a row, instead of
+        going back to the pool and out again; the caller gives it back (:meth:`release`) when
+        none follows, and before it opens a session of its own.
 
         A database or connection that fails raises
         :class:`~callbridge.domain.errors.StorageError`, and the connection is discarded;
@@ -829,18 +845,25 @@ class IntakeStore:
             try:
                 async with self._ending(connection, transaction):
                     yield transaction
-                keep = self._postgres
+                keep = self._postgres or (more and self._kept_in_a_row < self.max_kept)
             finally:
                 if keep:
                     self._held, self._last_used = connection, self._clock()
+                    self._held_driver = (connection, transaction.driver)
                 else:
                     await connection.close()
         except _UNAVAILABLE as err:
             raise StorageError("the database is unavailable; try again later") from err
 
+    @property
+    def keeps_idle(self) -> bool:
+        """Whether a kept connection may wait, idle, for the next transaction (PostgreSQL)."""
+        return self._postgres
+
     async def release(self) -> None:
         """Give the kept connection back to the pool."""
         held, self._held = self._held, None
+        self._held_driver = None
         if held is not None:
             await held.close()
 
@@ -857,6 +880,15 @@ class IntakeStore:
     async def _begin(self) -> tuple[AsyncConnection, IntakeTransaction]:
         await self.release_if_idle()
         held, self._held = self._held, None
+        if held is not None and not self._postgres:
+            # SQLite's one connection: a failed BEGIN would fail again on the pool's.
+            self._kept_in_a_row += 1
+            try:
+                return held, await self._begin_on(held)
+            except BaseException:
+                await held.close()
+                raise
+        self._kept_in_a_row = 0
         if held is not None:
             try:
                 return held, await self._begin_on(held)
@@ -878,16 +910,24 @@ class IntakeStore:
             raise
 
     async def _begin_on(self, connection: AsyncConnection) -> IntakeTransaction:
-        raw = await connection.get_raw_connection()
-        driver: Any = raw.driver_connection
+        kept, self._held_driver = self._held_driver, None
+        driver: Any
+        if kept is not None and kept[0] is connection:
+            driver = kept[1]
+        else:
+            driver = (await connection.get_raw_connection()).driver_connection
+        transaction: IntakeTransaction
         try:
             if self._postgres:
                 # SQLAlchemy's asyncpg adapter begins on its own first statement, and none
                 # runs through it: this is the connection's only transaction.
                 await driver.execute("BEGIN")
-                return _PostgresTransaction(driver, self.calls)
-            await driver.begin_immediate()
-            return _SqliteTransaction(driver.sqlite, self.calls)
+                transaction = _PostgresTransaction(driver, self.calls)
+            else:
+                await driver.begin_immediate()
+                transaction = _SqliteTransaction(driver.sqlite, self.calls)
+            transaction.driver = driver
+            return transaction
         except BaseException as err:
             # Cancelled, say, while BEGIN waited: it may still begin. aiosqlite's thread runs
             # a rollback after it; an asyncpg connection is in an unknown state.
@@ -899,8 +939,7 @@ class IntakeStore:
     async def _ending(
         self, connection: AsyncConnection, transaction: IntakeTransaction
     ) -> AsyncIterator[None]:
-        raw = await connection.get_raw_connection()
-        driver: Any = raw.driver_connection
+        driver = transaction.driver
         try:
             yield
             await transaction.flush()

@@ -158,6 +158,9 @@ class IntakeWriter:
                     if group:
                         await self._apply_safely(group)
                 group = []
+                if self._store is not None and not self._store.keeps_idle:
+                    # SQLite's one connection: other sessions of the process wait for it.
+                    await self._store.release()
                 if self._store is None or self._store.idle_seconds() is None:
                     # Nothing awaited since the queue was last seen empty: a request that
                     # comes after this starts a new task.
@@ -236,7 +239,7 @@ class IntakeWriter:
         if store is None:
             return await self._session_transaction(group)
         routing = PreloadedRouting(await self._routings({r.enterprise_id for r in group}))
-        async with store.transaction() as transaction:
+        async with store.transaction(more=bool(self._waiting)) as transaction:
             valid = await transaction.admit(
                 [(r.enterprise_id, r.secret_enc, r.events) for r in group], WEBHOOK_SOURCE
             )
@@ -272,6 +275,9 @@ class IntakeWriter:
             else:
                 routings[enterprise_id] = cached
         if missing:
+            if self._store is not None and not self._store.keeps_idle:
+                # The session below needs SQLite's one connection.
+                await self._store.release()
             try:
                 async with self.session_factory() as session:
                     source = SqlRoutingSource(session, self.box, self.routing_cache)

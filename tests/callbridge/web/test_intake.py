@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -167,6 +168,53 @@ class TestGroupCommit:
         async with env.factory() as session:
             ids = set((await session.scalars(select(PbxEvent.event_id))).all())
         assert ids == {"c0:1", "c1:1", "c2:1", "c4:1"}
+
+    async def test_consecutive_groups_share_a_checkout_and_give_it_back(self, env: Env) -> None:
+        checkouts = []
+        pool = env.factory.kw["bind"].sync_engine.pool
+        sqlalchemy.event.listen(pool, "checkout", lambda *_: checkouts.append(1))
+        env.writer.max_events = 1
+        async with writes_held(env.url, env.backend):
+            blocker = env.submit(started("c0"))
+            await asyncio.sleep(SETTLE_SECONDS)
+            queued = [env.submit(started(f"c{n}")) for n in range(1, 5)]
+            await asyncio.sleep(SETTLE_SECONDS)
+        for task in [blocker, *queued]:
+            assert await task == [Outcome.ACCEPTED]
+        assert env.writer.commits == 5
+        # One checkout for the blocker, one for the four that followed it at once.
+        # One checkout for the routing read (on SQLite it waited for the lock too, so all five
+        # were waiting by then), and one for the five transactions that followed each other.
+        assert len(checkouts) == 2
+        assert env.writer._task is not None
+        await env.writer._task
+        if env.backend == "sqlite":
+            # Back in the pool once no request waits (SQLite's one connection).
+            assert pool.checkedout() == 0
+
+    async def test_a_kept_connection_is_given_back_for_a_routing_read(
+        self, env: Env, fresh_database_url: str
+    ) -> None:
+        # SQLite has one connection: a group whose routing is not cached must not wait for
+        # the connection the writer itself keeps.
+        async with env.factory() as session, session.begin():
+            other = await make_tenant(session)
+            enterprise = await session.get_one(Enterprise, other.enterprise_id)
+            enterprise.webhook_secret_enc = BOX.encrypt("token")
+            other_secret = enterprise.webhook_secret_enc
+        env.writer.max_events = 1
+        async with asyncio.timeout(20):
+            async with writes_held(env.url, env.backend):
+                blocker = env.submit(started("c0"))
+                await asyncio.sleep(SETTLE_SECONDS)
+                first = env.submit(started("c1"))
+                second = asyncio.create_task(
+                    env.writer.submit(other.enterprise_id, other_secret, [started("c2")])
+                )
+                await asyncio.sleep(SETTLE_SECONDS)
+            assert await blocker == [Outcome.ACCEPTED]
+            assert await first == [Outcome.ACCEPTED]
+            assert await second == [Outcome.ACCEPTED]
 
     async def test_a_writer_stopped_mid_transaction_accepts_nothing(self, env: Env) -> None:
         async with writes_held(env.url, env.backend):

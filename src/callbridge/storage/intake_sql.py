@@ -827,13 +827,16 @@ class IntakeStore:
         self.calls = CallCache()
 
     @contextlib.asynccontextmanager
-    async def transaction(self, *, more: bool = False) -> AsyncIterator[IntakeTransaction]:
+    async def transaction(
+        self, *, more: Callable[[], bool] | None = None
+    ) -> AsyncIterator[IntakeTransaction]:
         """A write transaction, committed when the block ends without error; else rolled back.
 
-        ``more``: another transaction follows at once (requests are waiting for it). SQLite's
-        connection is then kept for it, up to ``max_kept`` transactions in a row, instead of
-        going back to the pool and out again; the caller gives it back (:meth:`release`) when
-        none follows, and before it opens a session of its own.
+        ``more``: whether another transaction follows at once (asked once this one has
+        committed: requests are waiting for it). SQLite's connection is then kept for it, up
+        to ``max_kept`` transactions in a row, instead of going back to the pool and out again;
+        the caller gives it back (:meth:`release`) when none follows, and before it opens a
+        session of its own.
 
         A database or connection that fails raises
         :class:`~callbridge.domain.errors.StorageError`, and the connection is discarded;
@@ -845,7 +848,9 @@ class IntakeStore:
             try:
                 async with self._ending(connection, transaction):
                     yield transaction
-                keep = self._postgres or (more and self._kept_in_a_row < self.max_kept)
+                keep = self._postgres or (
+                    more is not None and self._kept_in_a_row < self.max_kept and more()
+                )
             finally:
                 if keep:
                     self._held, self._last_used = connection, self._clock()

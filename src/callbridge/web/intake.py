@@ -239,7 +239,7 @@ class IntakeWriter:
         if store is None:
             return await self._session_transaction(group)
         routing = PreloadedRouting(await self._routings({r.enterprise_id for r in group}))
-        async with store.transaction(more=bool(self._waiting)) as transaction:
+        async with store.transaction(more=self._more_waiting) as transaction:
             valid = await transaction.admit(
                 [(r.enterprise_id, r.secret_enc, r.events) for r in group], WEBHOOK_SOURCE
             )
@@ -256,6 +256,9 @@ class IntakeWriter:
         self.commits += 1
         self.committed_requests += len(group)
         return [next(applied) if ok else CredentialsChangedError() for ok in valid]
+
+    def _more_waiting(self) -> bool:
+        return bool(self._waiting)
 
     def _intake_store(self) -> IntakeStore | None:
         if self._store is None:

@@ -15,7 +15,10 @@ this module writes them as plain SQL on the driver connection the engine's pool 
   thread. The connection is the pool's, checked out for the transaction, so nothing else uses
   it meanwhile.
 - PostgreSQL: each statement is one asyncpg round trip with array parameters (``unnest``), so
-  a group of any size costs the same handful of prepared statements.
+  a group of any size costs the same few prepared statements, and round trips are what a
+  group costs: the secrets check, the calls' locks and the events' filing are one statement,
+  the calls' update and the jobs' insert another, and when another group follows at once its
+  ``BEGIN`` goes with this one's ``COMMIT`` (three round trips a group, not seven).
 
 The rows written are the ones the SQLAlchemy ports (:mod:`callbridge.storage.call_tracking`)
 write, column for column and in the same formats (``tests/callbridge/storage/test_intake_sql.py``
@@ -823,6 +826,8 @@ class IntakeStore:
         self._held_driver: tuple[AsyncConnection, Any] | None = None
         self._last_used = 0.0
         self._kept_in_a_row = 0
+        # PostgreSQL: the driver connection whose next transaction the last commit began.
+        self._begun_on: Any = None
         #: The calls committed by this store's transactions, decoded.
         self.calls = CallCache()
 
@@ -846,7 +851,7 @@ class IntakeStore:
             connection, transaction = await self._begin()
             keep = False
             try:
-                async with self._ending(connection, transaction):
+                async with self._ending(connection, transaction, more):
                     yield transaction
                 keep = self._postgres or (
                     more is not None and self._kept_in_a_row < self.max_kept and more()
@@ -866,10 +871,14 @@ class IntakeStore:
         return self._postgres
 
     async def release(self) -> None:
-        """Give the kept connection back to the pool."""
+        """Give the kept connection back to the pool (the next transaction begun on it, if
+        any, rolled back)."""
         held, self._held = self._held, None
-        self._held_driver = None
+        kept, self._held_driver = self._held_driver, None
+        self._begun_on = None
         if held is not None:
+            if kept is not None and kept[0] is held and not await _rolled_back(kept[1]):
+                await held.invalidate()
             await held.close()
 
     async def release_if_idle(self) -> None:
@@ -924,9 +933,11 @@ class IntakeStore:
         transaction: IntakeTransaction
         try:
             if self._postgres:
-                # SQLAlchemy's asyncpg adapter begins on its own first statement, and none
-                # runs through it: this is the connection's only transaction.
-                await driver.execute("BEGIN")
+                begun, self._begun_on = self._begun_on, None
+                if begun is not driver or not driver.is_in_transaction():
+                    # SQLAlchemy's asyncpg adapter begins on its own first statement, and
+                    # none runs through it: this is the connection's only transaction.
+                    await driver.execute("BEGIN")
                 transaction = _PostgresTransaction(driver, self.calls)
             else:
                 await driver.begin_immediate()
@@ -942,17 +953,24 @@ class IntakeStore:
 
     @contextlib.asynccontextmanager
     async def _ending(
-        self, connection: AsyncConnection, transaction: IntakeTransaction
+        self,
+        connection: AsyncConnection,
+        transaction: IntakeTransaction,
+        more: Callable[[], bool] | None,
     ) -> AsyncIterator[None]:
         driver = transaction.driver
         try:
             yield
             await transaction.flush()
             if self._postgres:
-                # The NOTIFY goes with the COMMIT: one round trip, delivered on commit.
-                await driver.execute(
-                    f"NOTIFY {NOTIFY_CHANNEL}; COMMIT" if transaction.jobs_queued else "COMMIT"
-                )
+                # The NOTIFY goes with the COMMIT: one round trip, delivered on commit. When
+                # another transaction follows at once, its BEGIN goes with them too (rolled
+                # back if the connection goes back to the pool instead, see release()).
+                begin_next = more is not None and more()
+                statements = [f"NOTIFY {NOTIFY_CHANNEL}"] if transaction.jobs_queued else []
+                statements += ["COMMIT", "BEGIN"] if begin_next else ["COMMIT"]
+                await driver.execute("; ".join(statements))
+                self._begun_on = driver if begin_next else None
             else:
                 # On the driver's thread: a commit may checkpoint the WAL, and fsync.
                 await driver.commit()

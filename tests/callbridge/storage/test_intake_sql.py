@@ -524,6 +524,44 @@ class TestConnection:
             assert store.idle_seconds() is None
             assert engine.sync_engine.pool.checkedout() == 0
 
+    async def test_postgres_begins_the_next_transaction_with_the_commit_when_one_follows(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        if engine.dialect.name != "postgresql":
+            pytest.skip("only PostgreSQL connections are kept")
+        (tenant,) = await tenants(factory, 1)
+        async with factory() as session:
+            routing = await SqlRoutingSource(session, BOX).for_enterprise(tenant.enterprise_id)
+        first, second, *_ = answered_call("L1")
+        store = IntakeStore(engine)
+
+        async def apply(event: Event, *, more: bool) -> None:
+            async with store.transaction(more=lambda: more) as transaction:
+                ports = transaction.ports(PreloadedRouting({tenant.enterprise_id: routing}))
+                await track_event_groups(ports, [EventGroup(tenant.enterprise_id, [event])])
+
+        try:
+            await apply(first, more=True)
+            assert store._held_driver is not None
+            driver = store._held_driver[1]
+            # Committed, and the next transaction already begun on the kept connection.
+            assert driver.is_in_transaction()
+            await apply(second, more=False)
+            assert store._held_driver[1] is driver
+            assert not driver.is_in_transaction()
+            # A begun transaction that nobody uses is rolled back before the pool gets it.
+            await apply(answered_call("L2")[0], more=True)
+            assert driver.is_in_transaction()
+        finally:
+            await store.release()
+        assert not driver.is_in_transaction()
+        async with engine.connect() as connection:
+            count = await connection.scalar(
+                text("SELECT count(*) FROM pbx_events WHERE enterprise_id = :e"),
+                {"e": tenant.enterprise_id},
+            )
+        assert count == 3
+
     async def test_a_kept_connection_whose_begin_fails_oddly_is_replaced(
         self,
         engine: AsyncEngine,

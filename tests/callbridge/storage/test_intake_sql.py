@@ -156,16 +156,14 @@ async def through_admission(
     requests: Sequence[tuple[str, Sequence[Event]]],
 ) -> tuple[list[bool], list[list[Outcome]]]:
     """As the webhook intake applies a group: each request admitted (or not) by its secret."""
-    async with factory() as session:
-        routing = await SqlRoutingSource(session, BOX).for_enterprise(tenant.enterprise_id)
+    routing = await preloaded(factory, tenant)
     async with store.transaction() as transaction:
         admitted = await transaction.admit(
             [(tenant.enterprise_id, secret, events) for secret, events in requests],
             WEBHOOK_SOURCE,
         )
-        ports = transaction.ports(PreloadedRouting({tenant.enterprise_id: routing}))
         outcomes = await track_event_groups(
-            ports,
+            transaction.ports(routing),
             [
                 EventGroup(tenant.enterprise_id, events)
                 for (_, events), ok in zip(requests, admitted, strict=True)
@@ -181,6 +179,32 @@ async def with_secret(factory: async_sessionmaker[AsyncSession], tenant: Tenant)
         enterprise = await session.get_one(Enterprise, tenant.enterprise_id)
         enterprise.webhook_secret_enc = BOX.encrypt("token")
         return enterprise.webhook_secret_enc
+
+
+async def tenants_without_integration(
+    factory: async_sessionmaker[AsyncSession], count: int
+) -> list[Tenant]:
+    async with factory() as session, session.begin():
+        return [await make_tenant(session, integration=False) for _ in range(count)]
+
+
+async def call_rows(engine: AsyncEngine, tenant: Tenant) -> list[dict[str, Any]]:
+    """The tenant's calls, without their ids and the clock's times."""
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                text("SELECT * FROM calls WHERE enterprise_id = :e ORDER BY linkedid"),
+                {"e": tenant.enterprise_id},
+            )
+        ).mappings()
+        return [
+            {
+                name: _decoded(value) if name in ("model", "ringing") else value
+                for name, value in row.items()
+                if name not in ("id", "enterprise_id", "created_at", "updated_at")
+            }
+            for row in rows
+        ]
 
 
 async def apply_then_fail(
@@ -330,8 +354,7 @@ class TestAdmission:
         # The second request repeats an event of the first (a duplicate) and goes on with both
         # calls: later requests see what earlier ones did, in one transaction.
         groups = [[*first[:2], *second[:1]], [first[0], *first[2:], *second[1:]]]
-        store = IntakeStore(engine)
-        try:
+        async with intake_store(engine) as store:
             expected = await through_orm_groups(factory, orm, groups)
             admitted, outcomes = await through_admission(
                 store, factory, plain, [(secret, events) for events in groups]
@@ -342,8 +365,6 @@ class TestAdmission:
             # Repeated in a later transaction: duplicates, nothing changes.
             admitted, outcomes = await through_admission(store, factory, plain, [(secret, first)])
             assert outcomes == [[Outcome.DUPLICATE] * 4]
-        finally:
-            await store.release()
         want, got = await stored(engine, orm), await stored(engine, plain)
         assert len(want["pbx_events"]) == 7
         assert any(job["depends_on"] is not None for job in want["jobs"])
@@ -354,16 +375,13 @@ class TestAdmission:
     ) -> None:
         orm, plain = await tenants(factory, 2)
         secret = await with_secret(factory, plain)
-        store = IntakeStore(engine)
-        try:
+        async with intake_store(engine) as store:
             admitted, outcomes = await through_admission(
                 store,
                 factory,
                 plain,
                 [(BOX.encrypt("rotated"), answered_call("L9")), (secret, answered_call("L1"))],
             )
-        finally:
-            await store.release()
         assert admitted == [False, True]
         assert outcomes == [[Outcome.ACCEPTED] * 4]
         await through_sqlalchemy(factory, orm, answered_call("L1"))
@@ -377,12 +395,9 @@ class TestAdmission:
     ) -> None:
         orm, plain = await tenants_without_integration(factory, 2)
         events = answered_call("L1")
-        store = IntakeStore(engine)
-        try:
+        async with intake_store(engine) as store:
             await through_sqlalchemy(factory, orm, events)
             assert await through_intake(store, factory, plain, events) == [Outcome.ACCEPTED] * 4
-        finally:
-            await store.release()
         mine = await call_rows(engine, plain)
         assert mine[0]["state"] == "ended"
         assert mine == await call_rows(engine, orm)
@@ -393,46 +408,15 @@ class TestAdmission:
         # No integration, so no jobs: nothing else writes the saved call before it is read.
         orm, plain = await tenants_without_integration(factory, 2)
         events = answered_call("L1")
-        store = IntakeStore(engine)
-        try:
-            await through_sqlalchemy(factory, orm, events)
-            async with factory() as session:
-                routing = await SqlRoutingSource(session, BOX).for_enterprise(plain.enterprise_id)
-            async with store.transaction() as transaction:
-                ports = transaction.ports(PreloadedRouting({plain.enterprise_id: routing}))
-                for event in events:
-                    await track_event_groups(ports, [EventGroup(plain.enterprise_id, [event])])
-        finally:
-            await store.release()
+        await through_sqlalchemy(factory, orm, events)
+        routing = await preloaded(factory, plain)
+        async with intake_store(engine) as store, store.transaction() as transaction:
+            ports = transaction.ports(routing)
+            for event in events:
+                await track_event_groups(ports, [EventGroup(plain.enterprise_id, [event])])
         mine = await call_rows(engine, plain)
         assert mine[0]["state"] == "ended"
         assert mine == await call_rows(engine, orm)
-
-
-async def tenants_without_integration(
-    factory: async_sessionmaker[AsyncSession], count: int
-) -> list[Tenant]:
-    async with factory() as session, session.begin():
-        return [await make_tenant(session, integration=False) for _ in range(count)]
-
-
-async def call_rows(engine: AsyncEngine, tenant: Tenant) -> list[dict[str, Any]]:
-    """The tenant's calls, without their ids and the clock's times."""
-    async with engine.connect() as connection:
-        rows = (
-            await connection.execute(
-                text("SELECT * FROM calls WHERE enterprise_id = :e ORDER BY linkedid"),
-                {"e": tenant.enterprise_id},
-            )
-        ).mappings()
-        return [
-            {
-                name: _decoded(value) if name in ("model", "ringing") else value
-                for name, value in row.items()
-                if name not in ("id", "enterprise_id", "created_at", "updated_at")
-            }
-            for row in rows
-        ]
 
 
 class TestJobs:
@@ -530,30 +514,26 @@ class TestConnection:
         if engine.dialect.name != "postgresql":
             pytest.skip("only PostgreSQL connections are kept")
         (tenant,) = await tenants(factory, 1)
-        async with factory() as session:
-            routing = await SqlRoutingSource(session, BOX).for_enterprise(tenant.enterprise_id)
+        routing = await preloaded(factory, tenant)
         first, second, *_ = answered_call("L1")
-        store = IntakeStore(engine)
 
-        async def apply(event: Event, *, more: bool) -> None:
+        async def apply(store: IntakeStore, event: Event, *, more: bool) -> None:
             async with store.transaction(more=lambda: more) as transaction:
-                ports = transaction.ports(PreloadedRouting({tenant.enterprise_id: routing}))
+                ports = transaction.ports(routing)
                 await track_event_groups(ports, [EventGroup(tenant.enterprise_id, [event])])
 
-        try:
-            await apply(first, more=True)
+        async with intake_store(engine) as store:
+            await apply(store, first, more=True)
             assert store._held_driver is not None
             driver = store._held_driver[1]
             # Committed, and the next transaction already begun on the kept connection.
             assert driver.is_in_transaction()
-            await apply(second, more=False)
+            await apply(store, second, more=False)
             assert store._held_driver[1] is driver
             assert not driver.is_in_transaction()
             # A begun transaction that nobody uses is rolled back before the pool gets it.
-            await apply(answered_call("L2")[0], more=True)
+            await apply(store, answered_call("L2")[0], more=True)
             assert driver.is_in_transaction()
-        finally:
-            await store.release()
         assert not driver.is_in_transaction()
         async with engine.connect() as connection:
             count = await connection.scalar(

@@ -1,27 +1,33 @@
 """The PBX webhook route: ``POST /pbx/{enterprise}/events`` (contract v1, ``pbx/webhook.py``).
 
 Verify → store → apply → enqueue → commit → 202. The enterprise is verified first (bearer token
-or HMAC signature; an unknown enterprise and a bad credential get the same 401), then the body
-(422 naming each bad field), then the whole batch is applied in one transaction, so a request
-is accepted whole or not at all, and 202 means committed. That transaction is shared with the
+or HMAC signature; an unknown enterprise and a bad credential get the same 401; only a body that
+is not JSON at all is refused before, 422), then the body (422 naming each bad field), then the
+whole batch is applied in one transaction, so a request is accepted whole or not at all, and
+202 means committed. That transaction is shared with the
 other requests waiting at the same moment (group commit, :mod:`callbridge.web.intake`). Each
 event is reported ``accepted`` or ``duplicate`` (a repeat of a stored event id: acknowledged,
 not applied again).
+
+:class:`WebhookFastPath` serves these requests in front of FastAPI's stack, by the same steps;
+the route serves only what the fast path leaves to it (see there).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from callbridge.domain.errors import InvalidEventError, StorageError
@@ -32,8 +38,9 @@ from callbridge.pbx.webhook import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     EventBatch,
+    WebhookEvent,
     WebhookVerifier,
-    parse_events_json,
+    parse_events,
 )
 from callbridge.services.call_tracking import Outcome
 from callbridge.storage.crypto import SecretBox
@@ -44,10 +51,6 @@ from callbridge.web.deps import (
     SecretBoxDep,
     SessionDep,
     SessionFactoryDep,
-    get_credential_cache,
-    get_intake_writer,
-    get_secret_box,
-    get_session_factory,
 )
 from callbridge.web.errors import ErrorResponse
 from callbridge.web.intake import Credential, CredentialCache, CredentialsChangedError, IntakeWriter
@@ -223,15 +226,20 @@ async def receive_events(
     credentials: CredentialCacheDep,
 ) -> IngestResponse:
     """Store and apply one event or a list of events: all of them, or none (see docs)."""
+    facts = _to_domain(events)
+    outcomes = await _submit(intake, credentials, credential, enterprise, facts)
+    return _response([event.event_id for event in events], outcomes)
+
+
+def _to_domain(events: Sequence[WebhookEvent]) -> list[Event]:
+    """The events as the domain's facts; an event the domain refuses is a 422."""
     try:
-        facts = [event.to_domain() for event in events]
+        return [event.to_domain() for event in events]
     except InvalidEventError as err:
         # The contract checks what the domain checks; this is a second line of defence.
         raise RequestValidationError(
             [{"loc": ("body",), "msg": err.message, "type": "value_error"}]
         ) from err
-    outcomes = await _submit(intake, credentials, credential, enterprise, facts)
-    return _response([event.event_id for event in events], outcomes)
 
 
 async def _submit(
@@ -248,61 +256,6 @@ async def _submit(
         raise _unauthorized() from None
 
 
-class _WebhookRoute(_PbxRoute):
-    """The webhook route, with a fast path for a well-formed request.
-
-    FastAPI solving the route's dependencies and validating its body through them cost more
-    CPU than the rest of the request together (measured with ``benchmarks/ingest.py``). A
-    request with a JSON body that validates is served here by the same steps, called
-    directly: verify (:class:`CachedVerifiedEnterprise`), validate the raw bytes in one pass,
-    submit, answer. Anything else (a body that does not validate, another content type, a bad
-    enterprise number, overridden dependencies) goes through FastAPI's handler, so error
-    answers stay exactly FastAPI's; the body is read once, the request caches it.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        slow = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            fast = await _receive_fast(request)
-            return fast if fast is not None else await slow(request)
-
-        return route
-
-
-async def _receive_fast(request: Request) -> Response | None:
-    enterprise = request.path_params.get("enterprise")
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if (
-        not isinstance(enterprise, str)
-        or not 0 < len(enterprise) <= _MAX_NUMBER_LENGTH
-        or media_type != "application/json"
-        or getattr(request.app, "dependency_overrides", None)
-    ):
-        return None
-    credential = await cached_verified_enterprise(
-        request,
-        enterprise,
-        await get_session_factory(request),
-        await get_secret_box(request),
-        await get_credential_cache(request),
-    )
-    try:
-        events = parse_events_json(await request.body())
-        facts = [event.to_domain() for event in events]
-    except (ValidationError, InvalidEventError):
-        return None
-    outcomes = await _submit(
-        await get_intake_writer(request),
-        await get_credential_cache(request),
-        credential,
-        enterprise,
-        facts,
-    )
-    body = _answer(events, outcomes)
-    return JSONResponse(body, status_code=202)
-
-
 router.add_api_route(
     "/{enterprise}/events",
     receive_events,
@@ -314,7 +267,6 @@ router.add_api_route(
         401: {"model": ErrorResponse, "description": _UNAUTHORIZED},
         422: {"model": ErrorResponse, "description": "The body is invalid; nothing is stored."},
     },
-    route_class_override=_WebhookRoute,
 )
 
 
@@ -333,19 +285,26 @@ _WEBHOOK_PATH = re.compile(r"/pbx/([^/]+)/events")
 _VERIFIED_HEADERS = frozenset(
     {AUTHORIZATION_HEADER.lower(), SIGNATURE_HEADER.lower(), TIMESTAMP_HEADER.lower()}
 )
+_STATE_KEYS = ("session_factory", "secret_box", "pbx_intake", "pbx_credentials")
 
 
 class WebhookFastPath:
-    """ASGI middleware: a well-formed webhook request served before FastAPI's stack.
+    """ASGI middleware: the webhook's requests served before FastAPI's stack.
 
     The webhook is the one route a PBX calls thousands of times a second, and FastAPI's
-    exception middleware, router and request objects cost it a good share of its CPU (measured
-    with ``benchmarks/ingest.py``). A ``POST /pbx/{enterprise}/events`` with a JSON body is
-    served here by the same steps as the route (verify, validate, submit, answer 202); any other
-    request, and any webhook request that does not end in a 202 (a bad credential, a body that
-    does not validate, an error), goes on to the app with its body, so every answer but the 202
-    is still the route's own, and nothing was stored for it: the writer stores a request whole
-    or not at all.
+    exception middleware, router, dependencies and request objects cost it a good share of its
+    CPU (measured with ``benchmarks/ingest.py``). A ``POST /pbx/{enterprise}/events`` with a
+    JSON body is served here by the route's steps in the route's order: decode the body, verify
+    the credential, validate the events, submit them, answer. Every outcome is answered here,
+    each once: the 202, and a refusal or an error as the app's exception handlers render it
+    when the route raises it (same status, body and headers). So a request is verified,
+    validated and submitted once, also when the writer fails (503), where submitting again
+    would add to an overload.
+
+    What the route would judge otherwise goes on to the app, body and all, untouched: another
+    content type, a body the JSON decoder refuses (FastAPI answers that before it verifies),
+    an enterprise number too long for the route, a body cut short by a disconnect, an app with
+    overridden dependencies or without the lifespan's state.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -362,22 +321,35 @@ class WebhookFastPath:
             await self.app(scope, receive, send)
             return
         headers: dict[str, str] = {}
-        json_body = False
+        media_type: str | None = None
         for name, value in scope["headers"]:
             if name == b"content-type":
-                media_type = value.decode("latin-1").partition(";")[0].strip().lower()
-                json_body = media_type == "application/json"
+                if media_type is None:  # The first one, as the route reads it.
+                    media_type = value.decode("latin-1").partition(";")[0].strip().lower()
             elif (key := name.decode("latin-1")) in _VERIFIED_HEADERS:
                 headers.setdefault(key, value.decode("latin-1"))
+        enterprise = match.group(1)
         app = scope.get("app")
         state = scope.get("state")
-        if not json_body or state is None or getattr(app, "dependency_overrides", None):
+        if (
+            media_type != "application/json"
+            or len(enterprise) > _MAX_NUMBER_LENGTH
+            or state is None
+            or any(state.get(key) is None for key in _STATE_KEYS)
+            or getattr(app, "exception_handlers", None) is None
+            or getattr(app, "dependency_overrides", None)
+        ):
             await self.app(scope, receive, send)
             return
-        body, more = await _read_body(receive)
-        answer = await _accept(match.group(1), headers, body, state) if more is None else None
-        if answer is None:
-            await self.app(scope, _replay(body, more, receive), send)
+        body, ended = await _read_body(receive)
+        data = _decode(body) if ended is None else _UNDECODED
+        if data is _UNDECODED:
+            await self.app(scope, _replay(body, ended, receive), send)
+            return
+        try:
+            answer = await _accept(enterprise, headers, body, data, state)
+        except Exception as exc:  # noqa: BLE001 - answered as the app answers it
+            await _answer_error(scope, receive, send, exc)
             return
         await send(
             {
@@ -390,6 +362,23 @@ class WebhookFastPath:
             }
         )
         await send({"type": "http.response.body", "body": answer})
+
+
+_UNDECODED: Any = object()
+
+
+def _decode(body: bytes) -> Any:
+    """The body decoded as the route decodes it (stdlib ``json``), or ``_UNDECODED``.
+
+    The route answers a body that does not decode before it verifies the request, by FastAPI's
+    own rules; an empty body is the route's too (a missing body, not invalid JSON).
+    """
+    if not body:
+        return _UNDECODED
+    try:
+        return json.loads(body)
+    except Exception:  # noqa: BLE001 - invalid JSON, bad UTF-8, nesting too deep: the route's
+        return _UNDECODED
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, Message | None]:
@@ -417,38 +406,71 @@ def _replay(body: bytes, ended: Message | None, receive: Receive) -> Receive:
 
 
 async def _accept(
-    enterprise: str, headers: Mapping[str, str], body: bytes, state: Mapping[str, Any]
-) -> bytes | None:
-    """The 202 body for a webhook request, or None to leave the request to the route."""
-    factory = state.get("session_factory")
-    box = state.get("secret_box")
-    intake = state.get("pbx_intake")
-    credentials = state.get("pbx_credentials")
-    if factory is None or box is None or intake is None or credentials is None:
-        return None
-    if len(enterprise) > _MAX_NUMBER_LENGTH:
-        return None
+    enterprise: str, headers: Mapping[str, str], body: bytes, data: Any, state: Mapping[str, Any]
+) -> bytes:
+    """The 202 body for a webhook request; raises what the route raises when it refuses."""
+    factory = state["session_factory"]
+    box = state["secret_box"]
+    intake: IntakeWriter = state["pbx_intake"]
+    credentials: CredentialCache = state["pbx_credentials"]
+    verify = cached_verified_enterprise.verify
+    credential = await verify(enterprise, headers, body, factory, box, credentials)
+    events = _validate(data)
+    facts = _to_domain(events)
     try:
-        credential = await cached_verified_enterprise.verify(
-            enterprise, headers, body, factory, box, credentials
-        )
-        events = parse_events_json(body)
-        facts = [event.to_domain() for event in events]
         outcomes = await intake.submit(credential.enterprise_id, credential.secret_enc, facts)
     except CredentialsChangedError:
-        # Verified against a secret changed since: the route looks the enterprise up afresh.
+        # Verified against a secret changed since (or only encrypted anew): nothing was stored,
+        # so once more with the enterprise's current secret, as a new request would be.
         credentials.forget(enterprise)
-        return None
-    except Exception:  # noqa: BLE001 - the route answers it, as it answers any error
-        # Refused, invalid or failed, and nothing of it stored.
-        return None
-    answer = _answer(events, outcomes)
-    # As Starlette's JSONResponse renders it.
-    return json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        credential = await verify(enterprise, headers, body, factory, box, credentials)
+        outcomes = await _submit(intake, credentials, credential, enterprise, facts)
+    # The bytes Starlette's JSONResponse renders (compact, UTF-8), at a fraction of the cost.
+    return orjson.dumps(_answer(events, outcomes))
 
 
-def _answer(events: Sequence[Any], outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    """The 202 body (:class:`IngestResponse`'s shape) of a fast path."""
+def _validate(data: Any) -> list[WebhookEvent]:
+    """The decoded body's events; a 422 naming each problem as the route names it."""
+    try:
+        return parse_events(data)
+    except ValidationError as err:
+        single = isinstance(data, dict)
+        raise RequestValidationError(
+            [
+                _relocate({**error, "loc": ("body", *error["loc"])}, single=single)
+                for error in err.errors(include_url=False)
+            ],
+            body=data,
+        ) from None
+
+
+async def _answer_error(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+    """Answer ``exc`` with the app's exception handler for it, as when the route raises it.
+
+    Starlette's exception middleware picks the handler (by status for an HTTP error, then by
+    the exception's classes); an exception it has none for is answered by the server error
+    middleware's handler and raised again, for the server to log.
+    """
+    handlers: Mapping[Any, Callable[[Request, Exception], Any]] = scope["app"].exception_handlers
+    handler = handlers.get(exc.status_code) if isinstance(exc, StarletteHTTPException) else None
+    if handler is None:
+        found = (handlers.get(cls) for cls in type(exc).__mro__ if cls is not Exception)
+        handler = next((each for each in found if each is not None), None)
+    unexpected = handler is None
+    if handler is None:
+        handler = handlers.get(500) or handlers.get(Exception)
+        if handler is None:
+            raise exc
+    response = handler(Request(scope, receive), exc)
+    if inspect.isawaitable(response):
+        response = await response
+    await response(scope, receive, send)
+    if unexpected:
+        raise exc
+
+
+def _answer(events: Sequence[WebhookEvent], outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """The 202 body (:class:`IngestResponse`'s shape) of the fast path."""
     accepted = sum(1 for outcome in outcomes if outcome is Outcome.ACCEPTED)
     return {
         "accepted": accepted,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,10 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from callbridge.pbx.webhook import sign
+from callbridge.domain.errors import RetryLater
+from callbridge.domain.events import Event
+from callbridge.pbx.webhook import MAX_EVENTS_PER_REQUEST, sign
+from callbridge.services.call_tracking import Outcome
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.models import (
@@ -29,6 +32,8 @@ from callbridge.storage.models import (
 from callbridge.storage.models import Call as CallRow
 from callbridge.web.app import create_app
 from callbridge.web.deps import get_settings
+from callbridge.web.intake import IntakeWriter
+from callbridge.web.pbx import CachedVerifiedEnterprise
 from tests.callbridge.web.test_app import make_settings, serve
 from tests.callbridge.web.test_intake import writes_held
 from tests.conftest import Database
@@ -48,6 +53,7 @@ class Env:
     url: str
     backend: str
     app: FastAPI
+    box: SecretBox
 
     async def count(self, model: type[Any]) -> int:
         async with self.factory() as session:
@@ -85,7 +91,7 @@ async def env(database: Database, fresh_database_url: str, tmp_path: Path) -> As
     app = create_app(settings)
     try:
         async with serve(app) as client:
-            yield Env(client, factory, engine, fresh_database_url, database.backend, app)
+            yield Env(client, factory, engine, fresh_database_url, database.backend, app, box)
     finally:
         await engine.dispose()
 
@@ -388,3 +394,284 @@ class TestOpenApi:
         schemas = json.dumps(spec["components"]["schemas"])
         for name in ("CallStarted", "CallRinging", "CallEnded", "CallRecording", "CallLegEnded"):
             assert name in schemas
+
+
+# -- the fast path's answers ---------------------------------------------------------------------
+
+JSON = {"Content-Type": "application/json"}
+
+
+def body_of(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def signed(body: bytes, *, over: bytes | None = None, age: int = 0) -> dict[str, str]:
+    stamp = str(int(time.time()) - age)
+    signature = sign(TOKEN, stamp, body if over is None else over)
+    return {**JSON, "X-Callbridge-Timestamp": stamp, "X-Callbridge-Signature": signature}
+
+
+# Each request the webhook refuses, and its status.
+REFUSALS = {
+    "wrong token": 401,
+    "no credential": 401,
+    "another enterprise's token": 401,
+    "unknown enterprise": 401,
+    "signature over another body": 401,
+    "stale signature": 401,
+    "bad token and bad body": 401,
+    "missing field": 422,
+    "bad field in a list": 422,
+    "unknown type and naive timestamp": 422,
+    "no type": 422,
+    "not events": 422,
+    "a number": 422,
+    "empty list": 422,
+    "too many events": 422,
+    "invalid JSON": 422,
+    "bad token and invalid JSON": 422,
+    "empty body": 422,
+    "enterprise number too long": 422,
+}
+
+
+def refused(case: str) -> tuple[str, bytes, dict[str, str]]:
+    """One of :data:`REFUSALS`: path, body and headers."""
+    started = body_of(STARTED)
+    auth = {**JSON, **bearer()}
+    mixed = body_of(
+        [{**STARTED, "type": "call.exploded"}, {**STARTED, "timestamp": "2026-11-26T10:00"}]
+    )
+    too_many = [
+        event("call.ringing", f"r{n}", extensions=["101"])
+        for n in range(MAX_EVENTS_PER_REQUEST + 1)
+    ]
+    requests = {
+        "wrong token": (URL, started, {**JSON, **bearer("wrong")}),
+        "no credential": (URL, started, JSON),
+        "another enterprise's token": (URL, started, {**JSON, **bearer("another-token")}),
+        "unknown enterprise": ("/pbx/999/events", started, auth),
+        "signature over another body": (URL, started, signed(started, over=b"{}")),
+        "stale signature": (URL, started, signed(started, age=600)),
+        "bad token and bad body": (URL, b'{"type": "nope"}', {**JSON, **bearer("wrong")}),
+        "missing field": (
+            URL,
+            body_of({k: v for k, v in STARTED.items() if k != "direction"}),
+            auth,
+        ),
+        "bad field in a list": (
+            URL,
+            body_of([STARTED, event("call.ended", "e9", disposition="maybe")]),
+            auth,
+        ),
+        "unknown type and naive timestamp": (URL, mixed, signed(mixed)),
+        "no type": (URL, b'{"call_id": "x"}', auth),
+        "not events": (URL, b'["call.started", 42]', auth),
+        "a number": (URL, b"42", auth),
+        "empty list": (URL, b"[]", auth),
+        "too many events": (URL, body_of(too_many), auth),
+        "invalid JSON": (URL, b'{"type": "call.started",', auth),
+        "bad token and invalid JSON": (URL, b"{", {**JSON, **bearer("wrong")}),
+        "empty body": (URL, b"", auth),
+        "enterprise number too long": (f"/pbx/{'1' * 65}/events", started, auth),
+    }
+    return requests[case]
+
+
+COMPARED_HEADERS = ("content-type", "content-length", "www-authenticate", "retry-after")
+
+
+def answer(response: httpx.Response) -> tuple[int, bytes, list[str | None]]:
+    """What a client can tell of an answer: status, body bytes and the headers that matter."""
+    return (
+        response.status_code,
+        response.content,
+        [response.headers.get(name) for name in COMPARED_HEADERS],
+    )
+
+
+@pytest.fixture
+def verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every credential check of a webhook request, by enterprise number."""
+    checked: list[str] = []
+    verify = CachedVerifiedEnterprise.verify
+
+    async def counted(self: CachedVerifiedEnterprise, enterprise: str, *args: Any) -> Any:
+        checked.append(enterprise)
+        return await verify(self, enterprise, *args)
+
+    monkeypatch.setattr(CachedVerifiedEnterprise, "verify", counted)
+    return checked
+
+
+Submit = Callable[[IntakeWriter, int, str, Sequence[Event]], Awaitable[list[Outcome]]]
+
+
+@dataclass
+class Submissions:
+    """Every request handed to the intake writer (by the writer it went to)."""
+
+    writers: list[IntakeWriter]
+    made: asyncio.Event
+
+
+def count_submissions(monkeypatch: pytest.MonkeyPatch, then: Submit | None = None) -> Submissions:
+    """Count the writer's requests; ``then`` does the writer's part instead of the writer."""
+    submissions = Submissions([], asyncio.Event())
+    submit = IntakeWriter.submit
+
+    async def counted(
+        self: IntakeWriter, enterprise_id: int, secret_enc: str, events: Sequence[Event]
+    ) -> list[Outcome]:
+        submissions.writers.append(self)
+        submissions.made.set()
+        return await (then or submit)(self, enterprise_id, secret_enc, events)
+
+    monkeypatch.setattr(IntakeWriter, "submit", counted)
+    return submissions
+
+
+async def through_the_route(env: Env, send: Callable[[], Awaitable[httpx.Response]]) -> Any:
+    """``send()`` with FastAPI's handler serving it: the fast path leaves such an app alone."""
+    env.app.dependency_overrides[get_settings] = get_settings
+    try:
+        return await send()
+    finally:
+        env.app.dependency_overrides.clear()
+
+
+class TestFastPath:
+    """The fast path answers every outcome itself, each exactly as FastAPI's route does."""
+
+    @pytest.mark.parametrize("case", list(REFUSALS))
+    async def test_a_refusal_is_the_route_s_and_checked_once(
+        self, env: Env, verifications: list[str], case: str
+    ) -> None:
+        async def send() -> httpx.Response:
+            path, body, headers = refused(case)
+            return await env.client.post(path, content=body, headers=headers)
+
+        fast = await send()
+        fast_checks = len(verifications)
+        verifications.clear()
+        route = await through_the_route(env, send)
+        assert answer(fast) == answer(route)
+        assert fast.status_code == REFUSALS[case]
+        assert fast.json()["error"]["code"] in {"unauthorized", "validation_error"}
+        # Checked as often as the route checks it: once, or not at all for a body that is not
+        # JSON (refused first) and a number the route refuses by its length.
+        assert fast_checks == len(verifications) <= 1
+        assert await env.count(PbxEvent) == 0
+        assert await env.count(CallRow) == 0
+
+    async def test_the_202_is_the_route_s(self, env: Env) -> None:
+        first = await env.client.post(URL, json=CALL[:2], headers=bearer())
+        fast = await env.client.post(URL, json=CALL[:2], headers=bearer())
+        route = await through_the_route(
+            env, lambda: env.client.post(URL, json=CALL[:2], headers=bearer())
+        )
+        assert (first.status_code, fast.status_code) == (202, 202)
+        assert answer(fast) == answer(route)
+        assert fast.json()["duplicates"] == 2
+
+    async def test_a_writer_failure_is_submitted_once_and_answered_503(
+        self, env: Env, monkeypatch: pytest.MonkeyPatch, verifications: list[str]
+    ) -> None:
+        # The writer is stopped mid-transaction (the server stops): it fails every request it
+        # holds, and nothing of them is stored. (The first request caches the credential: a
+        # read that would wait for the held lock too.)
+        assert (await env.client.post(URL, json=STARTED, headers=bearer())).status_code == 202
+        verifications.clear()
+        submissions = count_submissions(monkeypatch)
+
+        async def failing(body: Any) -> httpx.Response:
+            submissions.writers.clear()
+            submissions.made.clear()
+            async with writes_held(env.url, env.backend):
+                post = asyncio.create_task(env.client.post(URL, json=body, headers=bearer()))
+                await submissions.made.wait()
+                await asyncio.sleep(0.3)  # In its transaction, waiting for the lock.
+                task = submissions.writers[0]._task
+                assert task is not None
+                task.cancel()
+                # Submitted again, it would wait here for the lock, and be answered 202 after.
+                await asyncio.sleep(0.3)
+            response = await post
+            assert len(submissions.writers) == 1
+            return response
+
+        fast = await failing(CALL[1])
+        route = await through_the_route(env, lambda: failing(CALL[2]))
+        assert fast.status_code == 503
+        assert fast.json()["error"]["code"] == "storage"
+        assert answer(fast) == answer(route)
+        assert verifications == [NUMBER, NUMBER]
+        assert await env.count(PbxEvent) == 1
+
+    async def test_a_retry_after_is_kept(self, env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+        async def busy(*_args: Any) -> list[Outcome]:
+            raise RetryLater(2.5, "the intake is busy; try again later")
+
+        submitted = count_submissions(monkeypatch, then=busy).writers
+        fast = await env.client.post(URL, json=STARTED, headers=bearer())
+        route = await through_the_route(
+            env, lambda: env.client.post(URL, json=STARTED, headers=bearer())
+        )
+        assert (fast.status_code, fast.headers["retry-after"]) == (503, "3")
+        assert answer(fast) == answer(route)
+        assert len(submitted) == 2  # One each.
+
+    async def test_an_unexpected_error_is_answered_500_and_raised(
+        self, env: Env, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async def broken(*_args: Any) -> list[Outcome]:
+            raise RuntimeError("broken writer")
+
+        submitted = count_submissions(monkeypatch, then=broken).writers
+        # Raised on for the server to log, after the answer: the client sees the answer.
+        with pytest.raises(RuntimeError):
+            await env.client.post(URL, json=STARTED, headers=bearer())
+        assert len(submitted) == 1
+        async with serve(env.app, raise_app_exceptions=False) as client:
+            fast = await client.post(URL, json=STARTED, headers=bearer())
+            route = await through_the_route(
+                env, lambda: client.post(URL, json=STARTED, headers=bearer())
+            )
+        assert fast.status_code == 500
+        assert fast.json()["error"]["code"] == "internal_error"
+        assert answer(fast) == answer(route)
+        assert len(submitted) == 3
+
+    async def test_a_secret_encrypted_anew_is_looked_up_again(
+        self, env: Env, monkeypatch: pytest.MonkeyPatch, verifications: list[str]
+    ) -> None:
+        assert (await env.client.post(URL, json=STARTED, headers=bearer())).status_code == 202
+        await self._set_secret(env, TOKEN)
+        submitted = count_submissions(monkeypatch).writers
+        verifications.clear()
+        response = await env.client.post(URL, json=CALL[1], headers=bearer())
+        assert response.status_code == 202
+        # Refused against the cached secret (nothing stored), then accepted with the new one.
+        assert (len(submitted), len(verifications)) == (2, 2)
+        assert await env.count(PbxEvent) == 2
+
+    async def test_a_rotated_secret_is_refused_once_checked_again(
+        self, env: Env, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        assert (await env.client.post(URL, json=STARTED, headers=bearer())).status_code == 202
+        await self._set_secret(env, "rotated-token")
+        submitted = count_submissions(monkeypatch).writers
+        old = await env.client.post(URL, json=CALL[1], headers=bearer())
+        assert old.status_code == 401
+        assert len(submitted) == 1
+        new = await env.client.post(URL, json=CALL[1], headers=bearer("rotated-token"))
+        assert new.status_code == 202
+        assert await env.count(PbxEvent) == 2
+
+    @staticmethod
+    async def _set_secret(env: Env, secret: str) -> None:
+        async with env.factory() as session, session.begin():
+            row = (
+                await session.scalars(select(Enterprise).where(Enterprise.number == NUMBER))
+            ).one()
+            row.webhook_secret_enc = env.box.encrypt(secret)

@@ -4,10 +4,9 @@ Verify → store → apply → enqueue → commit → 202. The enterprise is ver
 or HMAC signature; an unknown enterprise and a bad credential get the same 401; only a body that
 is not JSON at all is refused before, 422), then the body (422 naming each bad field), then the
 whole batch is applied in one transaction, so a request is accepted whole or not at all, and
-202 means committed. That transaction is shared with the
-other requests waiting at the same moment (group commit, :mod:`callbridge.web.intake`). Each
-event is reported ``accepted`` or ``duplicate`` (a repeat of a stored event id: acknowledged,
-not applied again).
+202 means committed. That transaction is shared with the other requests waiting at the same
+moment (group commit, :mod:`callbridge.web.intake`). Each event is reported ``accepted`` or
+``duplicate`` (a repeat of a stored event id: acknowledged, not applied again).
 
 :class:`WebhookFastPath` serves these requests in front of FastAPI's stack, by the same steps;
 the route serves only what the fast path leaves to it (see there).

@@ -199,6 +199,18 @@ class Portals:
         self._credentials[row.member_id] = credentials
         return credentials
 
+    async def warm_up(self, rows: Sequence[Bitrix24Integration]) -> None:
+        """Build these integrations' credentials and load their tokens now, not on the first
+        request (a worker's first call after a start goes as fast as the next ones).
+
+        An integration that cannot be loaded is logged and left to its first request.
+        """
+        for row in rows:
+            try:
+                await self.credentials_for(row).access_token()
+            except Exception:
+                logger.exception("portals: cannot load the credentials of %s", row.domain)
+
     def client_for(self, row: Bitrix24Integration) -> Bitrix24Client:
         """A client for an integration (cheap: share the HTTP pool, credentials and budget)."""
         return Bitrix24Client(

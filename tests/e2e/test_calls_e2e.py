@@ -226,7 +226,9 @@ async def environment(
     ``portal_mounts`` give the portal other hosts to reach (e.g. a PBX serving ``RECORD_URL``s);
     ``wrap_transport`` wraps the transport callbridge reaches the portal through (to lose an
     answer, say); ``settings_overrides`` change callbridge's settings; ``poll_interval`` is the
-    dispatcher's (short, so that tests see retries soon; benchmarks pass the default).
+    dispatcher's and the uploads worker's (short, so that tests see retries soon; benchmarks
+    pass the default, as in production, where commits wake the dispatcher and an idle
+    uploads worker costs no claim transaction every 50 ms).
     """
     async with harness(
         database_url,
@@ -248,7 +250,7 @@ async def environment(
             batching=batching,
         )
         # As build_worker runs them: on the dispatcher's Portals (one rate budget).
-        uploads = upload_worker(settings, session_factory, portals, poll_interval=0.05)
+        uploads = upload_worker(settings, session_factory, portals, poll_interval=poll_interval)
         task: asyncio.Task[None] | None = None
         uploading: asyncio.Task[None] | None = None
         try:

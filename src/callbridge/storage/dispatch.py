@@ -74,6 +74,15 @@ class DispatchRepository:
         )
         return sorted(row for row in (await self.session.scalars(statement)).all() if row)
 
+    async def active_integrations(self) -> list[Bitrix24Integration]:
+        """Every active integration, by id."""
+        statement = (
+            select(Bitrix24Integration)
+            .where(Bitrix24Integration.status == IntegrationStatus.ACTIVE.value)
+            .order_by(Bitrix24Integration.id)
+        )
+        return list((await self.session.scalars(statement)).all())
+
     async def integration(self, integration_id: int) -> Bitrix24Integration | None:
         """The integration row (read afresh: another process may have changed its status)."""
         return await self.session.get(Bitrix24Integration, integration_id, populate_existing=True)

@@ -423,6 +423,8 @@ class Dispatcher:
         self._rescan = True
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Set once :meth:`run` has warmed up (credentials loaded, each lane run once).
+        self.warmed = asyncio.Event()
         #: Requests sent and commands in them (for benchmarks and tests).
         self.requests = 0
         self.commands = 0
@@ -543,7 +545,10 @@ class Dispatcher:
         unsubscribe = subscribe_to_commits(self._jobs_committed)
         async with self._own_portals() as portals:
             self._portals = portals
-            helpers = [asyncio.create_task(self._heartbeat(), name="dispatcher-heartbeat")]
+            helpers = [
+                asyncio.create_task(self._heartbeat(), name="dispatcher-heartbeat"),
+                asyncio.create_task(self._warm_up(portals), name="dispatcher-warm-up"),
+            ]
             if self.listen_url is not None:
                 helpers.append(
                     asyncio.create_task(
@@ -577,6 +582,30 @@ class Dispatcher:
                 for helper in helpers:
                     helper.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _warm_up(self, portals: Portals) -> None:
+        """Get ready for the first call after a start: load every active integration's
+        credentials and tokens, and run each one's lane once (then set :attr:`warmed`).
+
+        A lane's first claim prepares its statements on the connection (and SQLAlchemy's
+        compiled cache), sends whatever was left ready, and makes the lane known, so that a
+        transaction enqueuing a register can hand it over from the first call on. Without it
+        the first call paid for all of that between its commit and its register.
+        """
+        try:
+            async with self.session_factory() as session:
+                rows = await DispatchRepository(session).active_integrations()
+        except Exception:
+            logger.exception("dispatcher: cannot read the integrations to warm up; going on")
+            self.warmed.set()
+            return
+        await portals.warm_up(rows)
+        self._start_lanes(row.id for row in rows)
+        lanes = {self._lanes[row.id].task for row in rows} - {None}
+        if lanes:
+            # wait, not gather: cancelling the warm-up must not cancel the lanes.
+            await asyncio.wait([task for task in lanes if task is not None])
+        self.warmed.set()
 
     async def wait_idle(self) -> None:
         """Return once no command job is queued or running (tests and benchmarks)."""
@@ -898,14 +927,21 @@ class Dispatcher:
     ) -> tuple[Bitrix24Integration | None, list[ClaimedJob], CallContext]:
         """The integration (None unless active) and its ready jobs, in one transaction."""
         async with self.session_factory() as session:
-            claimed = await self._claim_in(session, integration_id, limit, holding)
+            # Nothing else is written: a claim lost to a server crash is a lease run out.
+            claimed = await self._claim_in(session, integration_id, limit, holding, durable=False)
             await session.commit()
         return claimed
 
     async def _claim_in(
-        self, session: AsyncSession, integration_id: int, limit: int, holding: Sequence[int]
+        self,
+        session: AsyncSession,
+        integration_id: int,
+        limit: int,
+        holding: Sequence[int],
+        *,
+        durable: bool = True,
     ) -> tuple[Bitrix24Integration | None, list[ClaimedJob], CallContext]:
-        """:meth:`_claim` in the caller's transaction."""
+        """:meth:`_claim` in the caller's transaction (``durable``: see ``claim_chains``)."""
         repo = DispatchRepository(session)
         # Read afresh each time: another process may have paused it.
         row = await repo.integration(integration_id)
@@ -920,6 +956,7 @@ class Dispatcher:
             kinds=[DISPATCHER_KIND],
             integration_id=integration_id,
             holding=holding,
+            durable=durable,
         )
         call_rows = {job.call_id for job in jobs if job.call_id is not None}
         return row, jobs, await repo.call_context(call_rows)

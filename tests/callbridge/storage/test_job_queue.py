@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -464,6 +465,46 @@ class TestConcurrentClaims:
         finally:
             await engine.dispose()
 
+    async def test_no_double_claims_of_whole_runs_without_waiting_for_the_disk(
+        self, fresh_database_url: str
+    ):
+        engine = create_engine(fresh_database_url)
+        factory = create_session_factory(engine)
+        queue = JobQueue()
+        try:
+            async with factory() as session:
+                for i in range(120):
+                    await queue.enqueue(session, "test.job", ordering_key=f"k{i % 20}")
+                await session.commit()
+
+            async def claimer(name: str) -> list[ClaimedJob]:
+                claimed: list[ClaimedJob] = []
+                while True:
+                    async with factory() as session:
+                        jobs = await queue.claim_chains(
+                            session,
+                            name,
+                            limit=7,
+                            holding=[job.id for job in claimed],
+                            durable=False,
+                        )
+                        await session.commit()
+                    if not jobs:
+                        return claimed
+                    claimed += jobs
+
+            batches = await asyncio.gather(*(claimer(f"w{i}") for i in range(4)))
+            ids = [job.id for batch in batches for job in batch]
+            assert len(ids) == len(set(ids)) == 120
+            # A key's jobs went to one claimer: a run is never split between two.
+            owners: dict[str | None, set[str]] = {}
+            for batch in batches:
+                for job in batch:
+                    owners.setdefault(job.ordering_key, set()).add(job.locked_by or "")
+            assert all(len(names) == 1 for names in owners.values())
+        finally:
+            await engine.dispose()
+
 
 POSTGRES_ONLY = pytest.mark.parametrize(
     "database", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
@@ -517,3 +558,31 @@ class TestNotify:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
             await admin.close()
+
+
+@POSTGRES_ONLY
+class TestNonDurableClaims:
+    async def test_only_the_claims_transaction_skips_the_wait_for_the_disk(
+        self, fresh_database_url: str
+    ):
+        engine = create_engine(fresh_database_url, pool_size=1)
+        factory = create_session_factory(engine)
+        queue = JobQueue()
+        show = text("SHOW synchronous_commit")
+        try:
+            async with factory() as session:
+                await queue.enqueue(session, "test.job", ordering_key="k1")
+                await queue.enqueue(session, "test.job", ordering_key="k2")
+                await session.commit()
+            async with factory() as session:
+                assert len(await queue.claim_chains(session, "w1", limit=1, durable=False)) == 1
+                assert await session.scalar(show) == "off"
+                await session.commit()
+                # The next transaction on the same connection waits for the disk again.
+                assert await session.scalar(show) == "on"
+            async with factory() as session:
+                assert len(await queue.claim_chains(session, "w1", limit=1)) == 1
+                assert await session.scalar(show) == "on"
+                await session.commit()
+        finally:
+            await engine.dispose()

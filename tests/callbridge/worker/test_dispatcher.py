@@ -20,6 +20,7 @@ from callbridge.domain.commands import split_portal_external_call_id
 from callbridge.domain.ports import NewJob
 from callbridge.pbx.webhook import parse_events_json
 from callbridge.services.call_tracking import track_events
+from callbridge.storage.bitrix24 import DatabaseTokenStore
 from callbridge.storage.call_tracking import call_tracking_ports
 from callbridge.storage.job_queue import JobQueue
 from callbridge.storage.models import (
@@ -562,3 +563,65 @@ class TestStop:
             await asyncio.wait([task], timeout=5.0)
             assert task.done(), "the dispatcher ignored its cancellation"
             assert task.cancelled()
+
+
+class TestWarmUp:
+    """The first call after a start goes as fast as the next ones."""
+
+    async def test_tokens_are_loaded_at_start_not_by_the_first_register(
+        self, fresh_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        loads: list[str] = []
+        load = DatabaseTokenStore.load
+
+        async def counted(store: DatabaseTokenStore) -> Any:
+            loads.append(store.member_id)
+            return await load(store)
+
+        monkeypatch.setattr(DatabaseTokenStore, "load", counted)
+        async with environment(fresh_database_url, tmp_path) as env:
+            async with asyncio.timeout(10):
+                await env.dispatcher.warmed.wait()
+            integration = await env.h.integration()
+            assert integration is not None
+            # Loaded by the warm-up (the install's set-up loaded them too, before).
+            assert loads[-1] == integration.member_id
+            loaded = len(loads)
+            await env.post(inbound_answered("1764180000.1")[0])
+            await env.settle()
+            assert (await env.calls())["1764180000.1-0"]["state"] == "registered"
+            assert len(loads) == loaded  # the register read no tokens
+
+    async def test_the_first_register_is_handed_over_without_a_claim(
+        self, env: Env, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # No call before this one: the warm-up made the portal's lane known.
+        async with asyncio.timeout(10):
+            await env.dispatcher.warmed.wait()
+        integration = await env.h.integration()
+        assert integration is not None
+        assert integration.enterprise_id is not None
+        lane = env.dispatcher._lanes.get(integration.id)
+        assert lane is not None
+        assert lane.row is not None
+        claims: list[float] = []
+        claim = env.dispatcher._claim
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            claims.append(time.time())
+            return await claim(*args, **kwargs)
+
+        monkeypatch.setattr(env.dispatcher, "_claim", counted)
+        linkedid = "1764180000.2"
+        facts = [
+            e.to_domain() for e in parse_events_json(json.dumps([inbound_answered(linkedid)[0]]))
+        ]
+        async with env.h.session_factory() as session, session.begin():
+            await track_events(
+                call_tracking_ports(session, env.h.box), integration.enterprise_id, facts
+            )
+        (register,) = [j for j in await env.jobs() if j.payload["linkedid"] == linkedid]
+        assert register.status in (JobStatus.RUNNING, JobStatus.SUCCEEDED)
+        await env.settle()
+        registered_at = (await env.calls())[f"{linkedid}-0"]["registered_at"]
+        assert [t for t in claims if t < registered_at] == []

@@ -212,6 +212,9 @@ class RoutingCache:
     """
 
     ttl_seconds: float = 10.0
+    #: Past this age a routing is still served, but due to be read anew (in the background, by
+    #: a user that does so), so that an enterprise taking calls never waits for its read.
+    refresh_after_seconds: float = 5.0
     clock: Callable[[], float] = time.monotonic
     _entries: dict[int, tuple[float, CallRouting]] = field(default_factory=dict)
 
@@ -221,6 +224,14 @@ class RoutingCache:
         if entry is None or self.clock() >= entry[0]:
             return None
         return entry[1]
+
+    def due(self, enterprise_id: int) -> bool:
+        """Whether a cached routing is old enough to be read anew (it is still fresh)."""
+        entry = self._entries.get(enterprise_id)
+        if entry is None:
+            return False
+        read_at = entry[0] - self.ttl_seconds
+        return self.clock() >= read_at + self.refresh_after_seconds
 
     def put(self, enterprise_id: int, routing: CallRouting) -> None:
         """Remember a routing for ``ttl_seconds``."""
@@ -250,6 +261,13 @@ class SqlRoutingSource:
                 self._cache.put(enterprise_id, cached)
             return cached
         return await self._load(enterprise_id)
+
+    async def reload(self, enterprise_id: int) -> CallRouting:
+        """Read the routing afresh (and cache it), whatever the cache holds."""
+        routing = await self._load(enterprise_id)
+        if self._cache is not None:
+            self._cache.put(enterprise_id, routing)
+        return routing
 
     async def _load(self, enterprise_id: int) -> CallRouting:
         live = [

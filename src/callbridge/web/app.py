@@ -7,7 +7,9 @@ time, and handed to routes through the aliases in :mod:`callbridge.web.deps`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import TypedDict
 
@@ -82,6 +84,24 @@ class _App(FastAPI):
         return pbx.WebhookFastPath(super().build_middleware_stack())
 
 
+async def _warm_up(intake: IntakeWriter, credentials: CredentialCache) -> None:
+    """Read the webhook enterprises' credentials and routings; a failure only costs time."""
+    started = time.perf_counter()
+    try:
+        count = await intake.warm_up(credentials)
+    except Exception as err:  # noqa: BLE001 - requests read what they need themselves
+        logger.warning("webhook enterprises not read at start", error=repr(err))
+        return
+    elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+    logger.info("webhook enterprises read at start", enterprises=count, elapsed_ms=elapsed_ms)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = None) -> FastAPI:
     """The web app; with ``worker_factory`` it also runs the worker (all-in-one mode)."""
 
@@ -100,6 +120,10 @@ def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = Non
 
             intake = IntakeWriter(session_factory, secret_box, RoutingCache())
             stack.push_async_callback(intake.close)
+            credentials = CredentialCache()
+            # In the background: the app answers (and reads what it lacks) meanwhile.
+            warming = asyncio.create_task(_warm_up(intake, credentials), name="callbridge-warm-up")
+            stack.push_async_callback(_cancelled, warming)
 
             runner: WorkerRunner | None = None
             if worker_factory is not None:
@@ -125,7 +149,7 @@ def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = Non
                 bitrix24_portals=portals,
                 worker=runner,
                 pbx_intake=intake,
-                pbx_credentials=CredentialCache(),
+                pbx_credentials=credentials,
             )
             logger.info("callbridge web app stopping")
 

@@ -13,9 +13,10 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from callbridge.domain.call import Call, Command
+from callbridge.domain.call import Call, CallPolicy, Command
 from callbridge.domain.commands import command_from_dict
 from callbridge.domain.events import Direction, Disposition, Event, event_from_dict
+from callbridge.domain.ports import CallRouting
 from callbridge.services.call_tracking import (
     BITRIX24_COMMAND_JOB,
     Outcome,
@@ -410,6 +411,22 @@ def _users() -> list[Bitrix24User]:
 
 
 class TestRoutingCache:
+    def test_a_routing_is_due_for_a_read_before_it_expires(self) -> None:
+        now = [0.0]
+        cache = RoutingCache(ttl_seconds=10, refresh_after_seconds=5, clock=lambda: now[0])
+        routing = CallRouting(integration_id=1, policy=CallPolicy(default_user_id=1))
+        assert not cache.due(1)  # nothing cached: nothing to read behind
+        cache.put(1, routing)
+        now[0] = 4.9
+        assert not cache.due(1)
+        now[0] = 5.0
+        assert cache.due(1)
+        assert cache.get(1) is routing  # still served
+        now[0] = 10.0
+        assert cache.get(1) is None
+        cache.put(1, routing)  # read anew: fresh again
+        assert not cache.due(1)
+
     async def test_routing_is_reused_until_it_expires(self, session: AsyncSession) -> None:
         now = [0.0]
         cache = RoutingCache(ttl_seconds=10, clock=lambda: now[0])

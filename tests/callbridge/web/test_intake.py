@@ -19,10 +19,17 @@ from callbridge.domain.events import Answered, CallStarted, Direction, Event
 from callbridge.services.call_tracking import Outcome
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory, create_unpooled_engine
+from callbridge.storage.models import (
+    Bitrix24Integration,
+    Enterprise,
+    IntegrationStatus,
+    Job,
+    PbxEvent,
+)
 from callbridge.storage.models import Call as CallRow
-from callbridge.storage.models import Enterprise, Job, PbxEvent
-from callbridge.web.intake import CredentialsChangedError, IntakeWriter
+from callbridge.web.intake import CredentialCache, CredentialsChangedError, IntakeWriter
 from tests.callbridge.services.test_call_tracking import make_tenant
+from tests.callbridge.worker.test_ami_supervisor import until
 from tests.conftest import Database
 
 BOX = SecretBox([Fernet.generate_key()])
@@ -299,3 +306,54 @@ class TestGroupCommit:
             else:
                 assert result == [Outcome.ACCEPTED]
                 assert f"c{n}:1" in ids
+
+
+class TestRoutingAndCredentials:
+    async def test_warm_up_reads_each_webhook_enterprise_before_its_first_request(
+        self, env: Env
+    ) -> None:
+        async with env.factory() as session, session.begin():
+            # An enterprise that only listens over AMI has no webhook to warm up for.
+            await make_tenant(session)
+        credentials = CredentialCache()
+
+        assert await env.writer.warm_up(credentials) == 1
+
+        async with env.factory() as session:
+            number = (await session.get_one(Enterprise, env.enterprise_id)).number
+        credential = credentials.get(number)
+        assert credential is not None
+        assert (credential.enterprise_id, credential.secret) == (env.enterprise_id, "token")
+        routing = env.writer.routing_cache.get(env.enterprise_id)
+        assert routing is not None
+        assert routing.integration_id is not None
+
+    async def test_a_routing_due_for_a_read_is_served_and_read_anew_behind(self, env: Env) -> None:
+        now = [0.0]
+        cache = env.writer.routing_cache
+        cache.clock = lambda: now[0]
+        await env.submit(started("a"))
+        routed = cache.get(env.enterprise_id)
+        assert routed is not None
+        assert routed.integration_id is not None
+        async with env.factory() as session, session.begin():
+            await session.execute(
+                sqlalchemy.update(Bitrix24Integration).values(
+                    status=IntegrationStatus.UNINSTALLED.value
+                )
+            )
+
+        now[0] = cache.refresh_after_seconds / 2  # fresh: served, not read again
+        await env.submit(started("b"))
+        assert cache.get(env.enterprise_id) is routed
+
+        now[0] = cache.refresh_after_seconds + 0.1  # due: served, and read anew behind
+        jobs = await env.count(Job)
+        assert await env.submit(started("c")) == [Outcome.ACCEPTED]
+        assert await env.count(Job) > jobs  # routed to the portal: it did not wait for the read
+        await until(lambda: (cache.get(env.enterprise_id) or routed).integration_id is None)
+
+        # Read anew: the uninstalled portal gets nothing of the next call.
+        jobs = await env.count(Job)
+        assert await env.submit(started("d")) == [Outcome.ACCEPTED]
+        assert await env.count(Job) == jobs

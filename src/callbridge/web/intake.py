@@ -163,12 +163,16 @@ class IntakeWriter:
                 for row in await EnterpriseRepository(session).list_all()
                 if row.active and row.webhook_secret_enc
             ][:limit]
-            source = SqlRoutingSource(session, self.box, self.routing_cache)
+            source = SqlRoutingSource(session, self.box)
             for row in enterprises:
                 assert row.webhook_secret_enc is not None
                 secret = self.box.decrypt(row.webhook_secret_enc)
                 credentials.put(row.number, Credential(row.id, row.webhook_secret_enc, secret))
-                await source.reload(row.id)
+                routing = await source.reload(row.id)
+                # Not an enterprise without a portal: one is often linked just after a start,
+                # and its first calls must see the link, not a routing read before it.
+                if routing.integration_id is not None:
+                    self.routing_cache.put(row.id, routing)
         return len(enterprises)
 
     async def close(self) -> None:

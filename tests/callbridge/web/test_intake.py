@@ -328,6 +328,26 @@ class TestRoutingAndCredentials:
         assert routing is not None
         assert routing.integration_id is not None
 
+    async def test_warm_up_leaves_an_enterprise_without_a_portal_to_its_first_request(
+        self, env: Env
+    ) -> None:
+        async with env.factory() as session, session.begin():
+            await session.execute(
+                sqlalchemy.update(Bitrix24Integration).values(
+                    status=IntegrationStatus.UNINSTALLED.value
+                )
+            )
+        assert await env.writer.warm_up(CredentialCache()) == 1
+        assert env.writer.routing_cache.get(env.enterprise_id) is None
+
+        # Linked after the start: its first call goes to the portal.
+        async with env.factory() as session, session.begin():
+            await session.execute(
+                sqlalchemy.update(Bitrix24Integration).values(status=IntegrationStatus.ACTIVE.value)
+            )
+        await env.submit(started("a"))
+        assert await env.count(Job) > 0
+
     async def test_a_routing_due_for_a_read_is_served_and_read_anew_behind(self, env: Env) -> None:
         now = [0.0]
         cache = env.writer.routing_cache

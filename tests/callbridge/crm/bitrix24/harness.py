@@ -26,11 +26,15 @@ from bitrix24_emulator.limits import LeakyBucket, RateLimiter
 from callbridge.config import Settings
 from callbridge.crm.bitrix24.api_log import MemoryApiLog
 from callbridge.portals import Portals
+from callbridge.storage.call_tracking import RoutingCache
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.db import create_engine, create_session_factory
 from callbridge.storage.models import Bitrix24Integration, Enterprise
 from callbridge.storage.repositories import IntegrationRepository
 from callbridge.web.bitrix24_app import router
+from callbridge.web.errors import install_error_handlers
+from callbridge.web.intake import CredentialCache, IntakeWriter
+from callbridge.web.pbx import WebhookFastPath
 
 PORTAL = "http://portal.test"
 CALLBRIDGE = "http://callbridge.test"
@@ -155,6 +159,10 @@ async def harness(
     callbridge_app = FastAPI()
     for routes in routers:
         callbridge_app.include_router(routes)
+    # The webhook's fast path in front of the routes and the app's error answers, as in the
+    # app callbridge serves.
+    callbridge_app.add_middleware(WebhookFastPath)
+    install_error_handlers(callbridge_app)
     holder: dict[str, Any] = {}
     to_callbridge = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=with_state(callbridge_app, holder)),
@@ -172,12 +180,15 @@ async def harness(
     to_emulator = httpx.AsyncClient(transport=transport, base_url=PORTAL)
     api_log = MemoryApiLog()
     portals = Portals(settings, session_factory, to_emulator, box, api_log=api_log)
+    intake = IntakeWriter(session_factory, box, RoutingCache())
     holder.update(
         settings=settings,
         session_factory=session_factory,
         http_client=to_emulator,
         secret_box=box,
         bitrix24_portals=portals,
+        pbx_intake=intake,
+        pbx_credentials=CredentialCache(),
     )
     try:
         yield Harness(
@@ -192,6 +203,7 @@ async def harness(
             engine,
         )
     finally:
+        await intake.close()
         await to_callbridge.aclose()
         await to_emulator.aclose()
         await engine.dispose()

@@ -929,7 +929,7 @@ class IntakeStore:
         if kept is not None and kept[0] is connection:
             driver = kept[1]
         else:
-            driver = (await connection.get_raw_connection()).driver_connection
+            driver = await _driver_connection(connection)
         transaction: IntakeTransaction
         try:
             if self._postgres:
@@ -981,6 +981,19 @@ class IntakeStore:
                 # Broken mid-transaction, or in an unknown state: never hand it out again.
                 await connection.invalidate()
             raise
+
+
+async def _driver_connection(connection: AsyncConnection) -> Any:
+    """The driver's connection under ``connection`` (checked out by ``start()``).
+
+    Read directly when the pooled connection is at hand, as it is once checked out: that is
+    no I/O, where ``get_raw_connection()`` costs a greenlet hop (a tenth of a small group's
+    CPU on SQLite).
+    """
+    sync = connection.sync_connection
+    if sync is not None and not sync.closed and not sync.invalidated:
+        return sync.connection.driver_connection
+    return (await connection.get_raw_connection()).driver_connection
 
 
 async def _rolled_back(driver: Any) -> bool:

@@ -370,6 +370,11 @@ _JOB_COLUMNS = (
 )
 _JSON_SUMMARY = frozenset({"model", "ringing"})
 _TIME_SUMMARY = frozenset({"started_at", "answered_at", "ended_at"})
+# Each summary column, and how SQLite stores its value (None: as it is).
+_SQLITE_SUMMARY_COLUMNS: tuple[tuple[str, Callable[[Any], Any] | None], ...] = tuple(
+    (name, _dumps if name in _JSON_SUMMARY else _sqlite_time if name in _TIME_SUMMARY else None)
+    for name in SUMMARY_COLUMNS
+)
 _SQLITE_UPDATE_CALL = (
     "UPDATE calls SET "
     + ", ".join(f"{name} = ?" for name in (*SUMMARY_COLUMNS, "updated_at"))
@@ -461,14 +466,10 @@ class _SqliteTransaction(IntakeTransaction):
         params = []
         models: dict[int, str] = {}
         for row_id, summary in summaries:
-            values: list[Any] = []
-            for name in SUMMARY_COLUMNS:
-                value = summary[name]
-                if name in _JSON_SUMMARY:
-                    value = _dumps(value)
-                elif name in _TIME_SUMMARY:
-                    value = _sqlite_time(value)
-                values.append(value)
+            values: list[Any] = [
+                summary[name] if convert is None else convert(summary[name])
+                for name, convert in _SQLITE_SUMMARY_COLUMNS
+            ]
             values += (stamp, row_id)
             params.append(values)
             models[row_id] = values[0]

@@ -14,7 +14,6 @@ the route serves only what the fast path leaves to it (see there).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import re
@@ -385,8 +384,10 @@ def _decode(body: bytes) -> Any:
         # orjson decodes what it accepts as ``json`` does, at a fraction of the cost; what it
         # refuses (other encodings, NaN, infinities, lone surrogates) ``json`` judges. An
         # integer beyond 64 bits it would make a float: a body with one goes to ``json``.
-        with contextlib.suppress(orjson.JSONDecodeError):
+        try:
             return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(body)
     except Exception:  # noqa: BLE001 - invalid JSON, bad UTF-8, nesting too deep: the route's

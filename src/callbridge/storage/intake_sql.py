@@ -7,13 +7,16 @@ CPU than the database spent on it (building parameters, processing binds and res
 greenlet hops of the async adapters; measured with py-spy under ``benchmarks/ingest.py``), so
 this module writes them as plain SQL on the driver connection the engine's pool hands out:
 
-- SQLite: the transaction is begun (``BEGIN IMMEDIATE``, which may wait for the write lock)
-  and committed (which may checkpoint, and fsync) on aiosqlite's thread, as every statement
-  was; the statements in between run on the event loop's thread directly on the ``sqlite3``
+- SQLite: the statements run on the event loop's thread directly on the ``sqlite3``
   connection. Holding the write lock, they never wait for another connection, and each costs
   microseconds: less than the two thread hand-offs it would take to run it on the driver's
-  thread. The connection is the pool's, checked out for the transaction, so nothing else uses
-  it meanwhile.
+  thread. ``BEGIN IMMEDIATE`` runs there too when the lock is free (else on aiosqlite's
+  thread, where it may wait). So does the commit, with the WAL's automatic checkpoint off for
+  it (in WAL mode a commit then only appends to the WAL, and syncs nothing); one commit in
+  every ``commits_between_checkpoints + 1`` runs on aiosqlite's thread with the checkpoint on,
+  as every commit did, so the WAL is still checkpointed (which reads, writes and syncs the
+  database file) off the event loop. The connection is the pool's, checked out for the
+  transaction, so nothing else uses it meanwhile.
 - PostgreSQL: each statement is one asyncpg round trip with array parameters (``unnest``), so
   a group of any size costs the same few prepared statements, and round trips are what a
   group costs: the secrets check, the calls' locks and the events' filing are one statement,
@@ -831,6 +834,11 @@ class IntakeStore:
         self._begun_on: Any = None
         #: The calls committed by this store's transactions, decoded.
         self.calls = CallCache()
+        #: SQLite: transactions committed on the event loop's thread, without a checkpoint,
+        #: between two committed on the driver's thread (which checkpoint the WAL when it has
+        #: grown past its limit). The WAL grows at most by that many transactions beyond it.
+        self.commits_between_checkpoints = 16
+        self._commits_here = 0
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -972,9 +980,14 @@ class IntakeStore:
                 statements += ["COMMIT", "BEGIN"] if begin_next else ["COMMIT"]
                 await driver.execute("; ".join(statements))
                 self._begun_on = driver if begin_next else None
+            elif self._commits_here < self.commits_between_checkpoints and (
+                driver.idle and driver.commit_without_checkpoint()
+            ):
+                self._commits_here += 1
             else:
                 # On the driver's thread: a commit may checkpoint the WAL, and fsync.
                 await driver.commit()
+                self._commits_here = 0
             transaction.committed()
             announce_committed(transaction.queued_for)
         except BaseException as err:

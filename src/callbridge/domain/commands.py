@@ -206,14 +206,26 @@ _COMMAND_TYPES: dict[str, type[Command]] = {
 def command_to_dict(command: Command) -> dict[str, Any]:
     """The command as a JSON-safe dict tagged with its ``kind`` (for a job's payload)."""
     data: dict[str, Any] = {"kind": command.name}
-    for field in fields(command):
-        value = getattr(command, field.name)
+    for name in _field_names(type(command)):
+        value = getattr(command, name)
         if isinstance(value, tuple):
             value = list(value)
         elif isinstance(value, IntEnum):
             value = int(value)
-        data[field.name] = value
+        data[name] = value
     return data
+
+
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    # dataclasses.fields() filters the class's fields anew on every call, and every queued
+    # job's payload converts its command: the names are worked out once per class.
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(field.name for field in fields(cls))
+    return names
 
 
 def command_from_dict(data: Mapping[str, Any]) -> Command:

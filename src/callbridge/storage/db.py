@@ -219,6 +219,8 @@ class OneHopConnection(aiosqlite.Connection):
     # one thread only, so their difference is exact (the thread is idle when they are equal).
     _sent = 0
     _finished = 0
+    # The connection's WAL auto-checkpoint, in pages (0: not in WAL mode); read at first use.
+    _wal_autocheckpoint: int | None = None
 
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         def run() -> Any:
@@ -255,6 +257,31 @@ class OneHopConnection(aiosqlite.Connection):
         if self.idle and self._connection is not None and not self._connection.in_transaction:
             return
         await super().rollback()
+
+    def commit_without_checkpoint(self) -> bool:
+        """COMMIT on the caller's thread, if that cannot wait on the disk; whether it did.
+
+        In WAL mode with ``synchronous=NORMAL`` a commit appends to the WAL and syncs nothing:
+        only a checkpoint reads and writes the database file and syncs. The commit's automatic
+        checkpoint is turned off for it, so it costs microseconds, where the trip to the
+        driver's thread costs several times that in CPU. A checkpoint is left to a
+        :meth:`commit` (on the driver's thread) or to another connection. False, having done
+        nothing, when the database is not in WAL mode. The caller holds this connection with
+        nothing running on the driver's thread.
+        """
+        conn = self.sqlite
+        if self._wal_autocheckpoint is None:
+            (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+            (pages,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+            self._wal_autocheckpoint = int(pages) if str(mode).lower() == "wal" else 0
+        if self._wal_autocheckpoint <= 0:
+            return False
+        conn.execute("PRAGMA wal_autocheckpoint = 0").close()
+        try:
+            conn.commit()
+        finally:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {self._wal_autocheckpoint}").close()
+        return True
 
     async def begin_immediate(self) -> None:
         """``BEGIN IMMEDIATE``: at once on the caller's thread when the write lock is free,

@@ -31,7 +31,7 @@ from callbridge.services.call_tracking import (
     track_event_groups,
 )
 from callbridge.storage.call_tracking import SqlRoutingSource, call_tracking_ports
-from callbridge.storage.db import create_engine, create_session_factory
+from callbridge.storage.db import OneHopConnection, create_engine, create_session_factory
 from callbridge.storage.intake_sql import IntakeStore, PreloadedRouting
 from callbridge.storage.job_queue import JobQueue
 from callbridge.storage.models import Enterprise
@@ -541,6 +541,41 @@ class TestConnection:
                 {"e": tenant.enterprise_id},
             )
         assert count == 3
+
+    async def test_sqlite_commits_on_the_loop_s_thread_and_checkpoints_on_the_driver_s(
+        self,
+        engine: AsyncEngine,
+        factory: async_sessionmaker[AsyncSession],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        if engine.dialect.name != "sqlite":
+            pytest.skip("SQLite's commit")
+        (tenant,) = await tenants(factory, 1)
+        on_the_driver_s_thread: list[int] = []
+        commit = OneHopConnection.commit
+
+        async def counted(self: OneHopConnection) -> None:
+            on_the_driver_s_thread.append(
+                self.sqlite.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            )
+            await commit(self)
+
+        monkeypatch.setattr(OneHopConnection, "commit", counted)
+        async with intake_store(engine) as store:
+            store.commits_between_checkpoints = 2
+            for n in range(6):
+                await through_intake(store, factory, tenant, answered_call(f"L{n}")[:1])
+        # Two of every three on the event loop's thread; the third on the driver's, with the
+        # WAL's automatic checkpoint on (SQLite's default: 1000 pages).
+        assert on_the_driver_s_thread == [1000, 1000]
+        async with engine.connect() as connection:
+            count = await connection.scalar(
+                text("SELECT count(*) FROM pbx_events WHERE enterprise_id = :e"),
+                {"e": tenant.enterprise_id},
+            )
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver.sqlite.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+        assert count == 6
 
     async def test_a_kept_connection_whose_begin_fails_oddly_is_replaced(
         self,

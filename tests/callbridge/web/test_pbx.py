@@ -432,12 +432,16 @@ REFUSALS = {
     "bad token and invalid JSON": 422,
     "empty body": 422,
     "enterprise number too long": 422,
+    "a vote beyond 64 bits": 422,
+    "a cost of NaN": 422,
+    "a byte order mark": 422,
 }
 
 
 def refused(case: str) -> tuple[str, bytes, dict[str, str]]:
     """One of :data:`REFUSALS`: path, body and headers."""
     started = body_of(STARTED)
+    ended = body_of(event("call.ended", "e9", disposition="answered", vote=5, cost=1.5))
     auth = {**JSON, **bearer()}
     mixed = body_of(
         [{**STARTED, "type": "call.exploded"}, {**STARTED, "timestamp": "2026-11-26T10:00"}]
@@ -474,6 +478,10 @@ def refused(case: str) -> tuple[str, bytes, dict[str, str]]:
         "bad token and invalid JSON": (URL, b"{", {**JSON, **bearer("wrong")}),
         "empty body": (URL, b"", auth),
         "enterprise number too long": (f"/pbx/{'1' * 65}/events", started, auth),
+        # Bodies a faster decoder would read otherwise than ``json``: the route's answer still.
+        "a vote beyond 64 bits": (URL, ended.replace(b'"vote": 5', b'"vote": 1' + b"0" * 22), auth),
+        "a cost of NaN": (URL, ended.replace(b'"cost": 1.5', b'"cost": NaN'), auth),
+        "a byte order mark": (URL, b"\xef\xbb\xbf" + body_of({**STARTED, "direction": "up"}), auth),
     }
     return requests[case]
 

@@ -77,12 +77,17 @@ class Cases:
         self.monitor = monitor
 
     async def configure(self, **settings: Any) -> None:
-        """Change the integration's settings (before the first event: routings are cached)."""
+        """Change the integration's settings, before the first event.
+
+        The app reads changed settings within its routing cache's lifetime (seconds); the
+        tests do not wait for that: they drop the routing read at start.
+        """
         async with self.env.h.session_factory() as session, session.begin():
             repo = IntegrationRepository(session, self.env.h.box)
             row = await repo.by_member_id(self.env.h.emulator.portal.member_id)
             assert row is not None
             row.settings = {**(row.settings or {}), **settings}
+        self.env.h.intake.routing_cache.clear()
 
     async def post(self, *events: dict[str, Any]) -> None:
         await self.env.post(*events)
@@ -518,6 +523,7 @@ class TestTransferOutside:
             session.add(
                 Bitrix24User(integration_id=integration.id, user_id=5, mobile="+79161234567")
             )
+        cases.env.h.intake.routing_cache.clear()  # as Cases.configure does
         linkedid = "1764160350.1"
         await cases.post(
             *picked_up(linkedid, "101"),

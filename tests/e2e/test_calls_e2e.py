@@ -265,6 +265,8 @@ async def environment(
                             integration_id=integration.id, user_id=user, extension=extension
                         )
                     )
+            # The bridge starts once configured: the app's start-up reads, then the worker.
+            await h.intake.warm_up(h.credentials)
             task = asyncio.create_task(dispatcher.run())
             uploading = asyncio.create_task(uploads.run())
             yield Env(h, dispatcher, uploads)

@@ -66,6 +66,8 @@ class Harness:
     settings: Settings
     api_log: MemoryApiLog
     engine: AsyncEngine
+    intake: IntakeWriter  # the webhook's, with the app's caches
+    credentials: CredentialCache
 
     async def register_app(self, **fields: Any) -> dict[str, Any]:
         """Register callbridge as an app on the portal."""
@@ -181,6 +183,7 @@ async def harness(
     api_log = MemoryApiLog()
     portals = Portals(settings, session_factory, to_emulator, box, api_log=api_log)
     intake = IntakeWriter(session_factory, box, RoutingCache())
+    credentials = CredentialCache()
     holder.update(
         settings=settings,
         session_factory=session_factory,
@@ -188,7 +191,7 @@ async def harness(
         secret_box=box,
         bitrix24_portals=portals,
         pbx_intake=intake,
-        pbx_credentials=CredentialCache(),
+        pbx_credentials=credentials,
     )
     try:
         yield Harness(
@@ -201,6 +204,8 @@ async def harness(
             settings,
             api_log,
             engine,
+            intake,
+            credentials,
         )
     finally:
         await intake.close()

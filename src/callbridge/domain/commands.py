@@ -9,11 +9,12 @@ the request's parameters, with Bitrix24's names and types (flags as 0/1, codes a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar, TypeAlias
 
 from callbridge.domain.errors import CallStateError
+from callbridge.domain.events import field_names
 
 __all__ = [
     "AttachRecord",
@@ -206,7 +207,7 @@ _COMMAND_TYPES: dict[str, type[Command]] = {
 def command_to_dict(command: Command) -> dict[str, Any]:
     """The command as a JSON-safe dict tagged with its ``kind`` (for a job's payload)."""
     data: dict[str, Any] = {"kind": command.name}
-    for name in _field_names(type(command)):
+    for name in field_names(type(command)):
         value = getattr(command, name)
         if isinstance(value, tuple):
             value = list(value)
@@ -214,18 +215,6 @@ def command_to_dict(command: Command) -> dict[str, Any]:
             value = int(value)
         data[name] = value
     return data
-
-
-_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
-
-
-def _field_names(cls: type[Any]) -> tuple[str, ...]:
-    # dataclasses.fields() filters the class's fields anew on every call, and every queued
-    # job's payload converts its command: the names are worked out once per class.
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(field.name for field in fields(cls))
-    return names
 
 
 def command_from_dict(data: Mapping[str, Any]) -> Command:

@@ -278,7 +278,7 @@ _EVENT_TYPES: dict[str, type[Event]] = {
 def event_to_dict(event: CallEvent) -> dict[str, Any]:
     """The event as a JSON-safe dict, tagged with its ``type`` (``call.started``…)."""
     data: dict[str, Any] = {"type": event.name}
-    for name in _field_names(type(event)):
+    for name in field_names(type(event)):
         value = getattr(event, name)
         if isinstance(value, datetime):
             value = value.isoformat()
@@ -293,9 +293,10 @@ def event_to_dict(event: CallEvent) -> dict[str, Any]:
 _FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
 
 
-def _field_names(cls: type[Any]) -> tuple[str, ...]:
-    # dataclasses.fields() filters the class's fields anew on every call: every stored event
-    # (inbox row, pending event of a call) is converted, so the names are worked out once.
+def field_names(cls: type[Any]) -> tuple[str, ...]:
+    """A dataclass's field names, worked out once per class."""
+    # dataclasses.fields() filters the class's fields anew on every call, and every stored
+    # event and every queued job's command is converted field by field.
     names = _FIELD_NAMES.get(cls)
     if names is None:
         names = _FIELD_NAMES[cls] = tuple(field.name for field in fields(cls))

@@ -96,8 +96,17 @@ async def _warm_up(intake: IntakeWriter, credentials: CredentialCache) -> None:
     logger.info("webhook enterprises read at start", enterprises=count, elapsed_ms=elapsed_ms)
 
 
-async def _cancelled(task: asyncio.Task[None]) -> None:
-    task.cancel()
+async def _finished(task: asyncio.Task[None], *, within: float = 5.0) -> None:
+    """Let a short start-up task end before the engine goes; cancel it if it takes too long.
+
+    Cancelled at once, a task can leave a database call running on aiosqlite's thread that
+    reports back to an event loop that has closed meanwhile.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            await asyncio.shield(task)
+    if not task.done():
+        task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
 
@@ -123,7 +132,7 @@ def create_app(settings: Settings, *, worker_factory: WorkerFactory | None = Non
             credentials = CredentialCache()
             # In the background: the app answers (and reads what it lacks) meanwhile.
             warming = asyncio.create_task(_warm_up(intake, credentials), name="callbridge-warm-up")
-            stack.push_async_callback(_cancelled, warming)
+            stack.push_async_callback(_finished, warming)
 
             runner: WorkerRunner | None = None
             if worker_factory is not None:

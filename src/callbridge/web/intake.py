@@ -177,9 +177,8 @@ class IntakeWriter:
 
     async def close(self) -> None:
         """Finish the group in progress (the server has stopped sending requests)."""
-        for task in list(self._background):
-            task.cancel()
         if self._background:
+            # Short reads: let them end rather than leave one running on a driver's thread.
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):

@@ -283,31 +283,9 @@ class JobQueue:
             # Not on every claim: it is a round trip, and a lease is many intervals long.
             await self.recover_expired(session)
             self._next_recovery = now + timedelta(seconds=self.recovery_interval)
-        earlier = aliased(Job)
-        dependency = aliased(Job)
         candidates = (
             select(Job.id)
-            .where(
-                Job.status == JobStatus.QUEUED.value,
-                Job.run_after <= now,
-                or_(
-                    Job.ordering_key.is_(None),
-                    not_(
-                        exists().where(
-                            earlier.ordering_key == Job.ordering_key,
-                            earlier.id < Job.id,
-                            earlier.status.in_(BLOCKING_STATUSES),
-                        )
-                    ),
-                ),
-                or_(
-                    Job.depends_on.is_(None),
-                    exists().where(
-                        dependency.id == Job.depends_on,
-                        dependency.status == JobStatus.SUCCEEDED.value,
-                    ),
-                ),
-            )
+            .where(*_ready(now, lambda earlier: earlier.status.in_(BLOCKING_STATUSES)))
             .order_by(Job.run_after, Job.id)
             .limit(limit)
         )
@@ -872,6 +850,38 @@ _PENDING_OF_KEYS = (
 )
 
 
+def _ready(
+    now: Any, blocked_by: Callable[[type[Job]], ColumnElement[bool]]
+) -> tuple[ColumnElement[bool], ...]:
+    """Where-clauses of a job ready to run: queued, due, unblocked by its key, dependency met.
+
+    ``blocked_by(earlier)`` says whether an earlier job of the same ordering key holds it back.
+    """
+    earlier = aliased(Job)
+    dependency = aliased(Job)
+    return (
+        Job.status == JobStatus.QUEUED.value,
+        Job.run_after <= now,
+        or_(
+            Job.ordering_key.is_(None),
+            not_(
+                exists().where(
+                    earlier.ordering_key == Job.ordering_key,
+                    earlier.id < Job.id,
+                    blocked_by(earlier),
+                )
+            ),
+        ),
+        or_(
+            Job.depends_on.is_(None),
+            exists().where(
+                dependency.id == Job.depends_on,
+                dependency.status == JobStatus.SUCCEEDED.value,
+            ),
+        ),
+    )
+
+
 @functools.cache
 def _chain_candidates(
     *, kinds: bool, integration: bool, postgres: bool
@@ -881,39 +891,20 @@ def _chain_candidates(
     Parameters: ``now``, ``held`` (this worker's unsent jobs: running, yet no blocker),
     ``scan`` (the row limit), and ``kinds`` and ``integration_id`` when filtered on.
     """
-    earlier = aliased(Job)
-    dependency = aliased(Job)
-    # Cheap pre-filter: a dead job, or a running one somebody else holds, ends its key's run.
-    blocker = or_(
-        earlier.status == JobStatus.DEAD.value,
-        and_(
-            earlier.status == JobStatus.RUNNING.value,
-            earlier.id.not_in(bindparam("held", expanding=True)),
-        ),
-    )
-    candidates = (
-        select(Job.id, Job.ordering_key, Job.run_after)
-        .where(
-            Job.status == JobStatus.QUEUED.value,
-            Job.run_after <= bindparam("now"),
-            or_(
-                Job.ordering_key.is_(None),
-                not_(
-                    exists().where(
-                        earlier.ordering_key == Job.ordering_key,
-                        earlier.id < Job.id,
-                        blocker,
-                    )
-                ),
-            ),
-            or_(
-                Job.depends_on.is_(None),
-                exists().where(
-                    dependency.id == Job.depends_on,
-                    dependency.status == JobStatus.SUCCEEDED.value,
-                ),
+
+    def blocker(earlier: type[Job]) -> ColumnElement[bool]:
+        # Cheap pre-filter: a dead job, or a running one somebody else holds, ends its key's run.
+        return or_(
+            earlier.status == JobStatus.DEAD.value,
+            and_(
+                earlier.status == JobStatus.RUNNING.value,
+                earlier.id.not_in(bindparam("held", expanding=True)),
             ),
         )
+
+    candidates = (
+        select(Job.id, Job.ordering_key, Job.run_after)
+        .where(*_ready(bindparam("now"), blocker))
         .order_by(Job.run_after, Job.id)
         .limit(bindparam("scan"))
     )

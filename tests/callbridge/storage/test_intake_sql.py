@@ -653,7 +653,6 @@ class TestPlans:
                     )
                     await transaction.flush()
                     scans = await transaction.driver.fetch(
-                        "SELECT relname, seq_scan FROM pg_stat_xact_user_tables"
-                        " WHERE seq_scan > 0"
+                        "SELECT relname, seq_scan FROM pg_stat_xact_user_tables WHERE seq_scan > 0"
                     )
                     assert {row[0]: row[1] for row in scans} == {}

@@ -28,7 +28,12 @@ Two measurements per endpoint and database:
 The machine is shared, so the rates move with other processes' load. ``cpu µs`` is the server
 process's own CPU time (user + system) per request over the throughput rounds, which that load
 hardly moves; ``cpu ratio`` (no-op's over the webhook's) is the rate ratio the app would reach on
-a core of its own. (On PostgreSQL the database server's CPU is not in it.)
+a core of its own. (On PostgreSQL the database server's CPU is not in it.) The CPU per event of
+every process taking part is printed too: the app, PostgreSQL's processes serving the benchmark's
+database (read from ``/proc``, so as root or the server's user), and the load generator. From it
+comes what the CPU allows each endpoint: the app's process uses one core at most, and all
+processes share the machine's cores; ``cpu-bound ratio`` is the webhook's over the no-op's, the
+best rate ratio this machine can show whatever the app overlaps.
 
 After the runs the benchmark counts the stored events: every event answered 202 must be in
 ``pbx_events`` (accepted means committed). PostgreSQL is used when ``--postgres`` or
@@ -389,11 +394,16 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def generate(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one measurement the orchestrator asked for (the load generator's process)."""
+    started = time.process_time()
     if spec["kind"] == "throughput":
-        return await throughput(spec["port"], spec["path"], spec["seconds"], spec["concurrency"])
-    return await latency(
-        spec["port"], spec["path"], spec["rate"], spec["seconds"], spec["connections"]
-    )
+        result = await throughput(spec["port"], spec["path"], spec["seconds"], spec["concurrency"])
+    else:
+        result = await latency(
+            spec["port"], spec["path"], spec["rate"], spec["seconds"], spec["connections"]
+        )
+    # Its own CPU: part of what the machine spends on each request.
+    result["cpu_seconds"] = time.process_time() - started
+    return result
 
 
 def load_main(spec_json: str) -> None:
@@ -435,6 +445,19 @@ class Row:
     client_lag_p99: float
     errors: int
     cpu_us: float
+    #: CPU per request of the database server's processes (PostgreSQL; None: not measured).
+    database_cpu_us: float | None
+    #: CPU per request of the load generator.
+    client_cpu_us: float
+
+    @property
+    def machine_cpu_us(self) -> float:
+        """CPU per request of every process taking part."""
+        return self.cpu_us + (self.database_cpu_us or 0.0) + self.client_cpu_us
+
+    def cpu_bound(self, cores: int) -> float:
+        """Events/s the CPU allows: the cores shared by all, one of them the app's at most."""
+        return min(1e6 / self.cpu_us, cores * 1e6 / self.machine_cpu_us)
 
     @property
     def events_per_second(self) -> float:
@@ -469,14 +492,69 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def _database_pids(url: str) -> list[int]:
+    """PostgreSQL's processes that work for this database: its backends, and the server's
+    own (WAL writer, checkpointer and the like, which belong to no database)."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    parsed = make_url(url)
+    connection = await asyncpg.connect(
+        host=parsed.host,
+        port=parsed.port,
+        user=parsed.username,
+        password=parsed.password,
+        database=parsed.database,
+    )
+    try:
+        rows = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE (datname = current_database()"
+            " OR datname IS NULL) AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    return [row["pid"] for row in rows]
+
+
+class DatabaseCpu:
+    """CPU time of the PostgreSQL processes that serve the benchmark's database.
+
+    Readable when the benchmark runs as root or as the server's user; otherwise (and on
+    SQLite, which runs inside the app's process) it measures nothing.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url if make_url(url).get_backend_name() == "postgresql" else None
+
+    def snapshot(self) -> dict[int, float] | None:
+        """Each process's CPU time so far; None when not measured."""
+        if self.url is None:
+            return None
+        times = {}
+        for pid in asyncio.run(_database_pids(self.url)):
+            try:
+                times[pid] = _cpu_seconds(pid)
+            except (OSError, IndexError, ValueError):
+                return None
+        return times
+
+    def since(self, before: dict[int, float] | None) -> float | None:
+        """CPU time used since ``before`` (a process started since counts whole)."""
+        after = self.snapshot()
+        if before is None or after is None:
+            return None
+        return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
 def measure(
-    backend: str, port: int, pid: int, options: argparse.Namespace
+    backend: str, port: int, pid: int, database_cpu: DatabaseCpu, options: argparse.Namespace
 ) -> tuple[list[Row], int]:
     """Both endpoints on one server, interleaved; the rows and the webhook's 202 count."""
     endpoints = {"no-op": NOOP, "webhook": WEBHOOK}
     rounds: dict[str, list[float]] = {name: [] for name in endpoints}
     errors = dict.fromkeys(endpoints, 0)
     cpu = dict.fromkeys(endpoints, 0.0)
+    client_cpu = dict.fromkeys(endpoints, 0.0)
+    db_cpu: dict[str, float | None] = dict.fromkeys(endpoints, 0.0)
     handled = dict.fromkeys(endpoints, 0)
     latencies: dict[str, dict[str, Any]] = {}
     accepted = 0
@@ -495,6 +573,7 @@ def measure(
         order = list(endpoints) if index % 2 == 0 else list(reversed(endpoints))
         for name in order:
             before = _cpu_seconds(pid)
+            db_before = database_cpu.snapshot()
             result = load(
                 {
                     "kind": "throughput",
@@ -505,6 +584,10 @@ def measure(
                 }
             )
             cpu[name] += _cpu_seconds(pid) - before
+            used = database_cpu.since(db_before)
+            so_far = db_cpu[name]
+            db_cpu[name] = None if used is None or so_far is None else so_far + used
+            client_cpu[name] += result["cpu_seconds"]
             handled[name] += result["accepted"] + result["errors"]
             rounds[name].append(result["events_per_second"])
             errors[name] += result["errors"]
@@ -534,10 +617,16 @@ def measure(
             latencies[name]["client_lag_p99"],
             errors[name],
             cpu[name] / max(1, handled[name]) * 1e6,
+            _per_request(db_cpu[name], handled[name]),
+            client_cpu[name] / max(1, handled[name]) * 1e6,
         )
         for name in endpoints
     ]
     return rows, accepted
+
+
+def _per_request(seconds: float | None, requests: int) -> float | None:
+    return None if seconds is None else seconds / max(1, requests) * 1e6
 
 
 async def _prepare(
@@ -578,7 +667,7 @@ def run(options: argparse.Namespace) -> None:
                     )
                     with server(url, tmp / "var", profile) as (base, pid):
                         port = int(base.rsplit(":", 1)[1])
-                        rows, accepted = measure(backend, port, pid, options)
+                        rows, accepted = measure(backend, port, pid, DatabaseCpu(url), options)
                     stored = loop.run_until_complete(count_events(url))
                 finally:
                     loop.run_until_complete(stack.aclose())
@@ -598,6 +687,22 @@ def run(options: argparse.Namespace) -> None:
         print(
             f"{backend:<9} cpu ratio: {noop.cpu_us / webhook.cpu_us:.2f} (no-op's server CPU "
             "per request over the webhook's: the rate ratio on a core of its own)"
+        )
+        cores = len(os.sched_getaffinity(0))
+        for row in rows:
+            database_part = (
+                "" if row.database_cpu_us is None else f" + database {row.database_cpu_us:.0f}"
+            )
+            print(
+                f"{backend:<9} {row.endpoint:<8} cpu µs/event: app {row.cpu_us:.0f}"
+                f"{database_part} + load generator {row.client_cpu_us:.0f}"
+                f" = {row.machine_cpu_us:.0f}; the CPU allows {row.cpu_bound(cores):.0f}/s"
+                f" on {cores} cores"
+            )
+        print(
+            f"{backend:<9} cpu-bound ratio: {webhook.cpu_bound(cores) / noop.cpu_bound(cores):.2f}"
+            " (the ratio this machine's CPU allows: the app's one core, and every process's"
+            " CPU shared out over all cores)"
         )
         verdict = "ok" if stored == accepted else "LOST EVENTS"
         print(f"{backend:<9} durable: {stored} events stored, {accepted} answered 202 ({verdict})")

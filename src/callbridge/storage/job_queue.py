@@ -310,19 +310,7 @@ class JobQueue:
                 attempts=_jobs.c.attempts + 1,
                 updated_at=now,
             )
-            .returning(
-                _jobs.c.id,
-                _jobs.c.kind,
-                _jobs.c.payload,
-                _jobs.c.attempts,
-                _jobs.c.max_attempts,
-                _jobs.c.locked_by,
-                _jobs.c.lease_expires_at,
-                _jobs.c.ordering_key,
-                _jobs.c.depends_on,
-                _jobs.c.integration_id,
-                _jobs.c.call_id,
-            )
+            .returning(*_CLAIMED_COLUMNS)
         )
         rows = (await session.execute(statement)).all()
         claimed = [ClaimedJob(**row._asdict()) for row in rows]

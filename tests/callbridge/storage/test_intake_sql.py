@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,7 +32,7 @@ from callbridge.services.call_tracking import (
 )
 from callbridge.storage.call_tracking import SqlRoutingSource, call_tracking_ports
 from callbridge.storage.db import OneHopConnection, create_engine, create_session_factory
-from callbridge.storage.intake_sql import IntakeStore, PreloadedRouting
+from callbridge.storage.intake_sql import IntakeStore, IntakeTransaction, PreloadedRouting
 from callbridge.storage.job_queue import JobQueue
 from callbridge.storage.models import Enterprise
 from tests.callbridge.services.test_call_tracking import BOX, Tenant, make_tenant
@@ -154,6 +154,7 @@ async def through_admission(
     factory: async_sessionmaker[AsyncSession],
     tenant: Tenant,
     requests: Sequence[tuple[str, Sequence[Event]]],
+    before_commit: Callable[[IntakeTransaction], Awaitable[None]] | None = None,
 ) -> tuple[list[bool], list[list[Outcome]]]:
     """As the webhook intake applies a group: each request admitted (or not) by its secret."""
     routing = await preloaded(factory, tenant)
@@ -170,6 +171,9 @@ async def through_admission(
                 if ok
             ],
         )
+        if before_commit is not None:
+            await transaction.flush()
+            await before_commit(transaction)
     return admitted, outcomes
 
 
@@ -577,14 +581,14 @@ class TestConnection:
             assert driver.sqlite.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
         assert count == 6
 
-    async def test_a_kept_connection_whose_begin_fails_oddly_is_replaced(
+    @pytest.mark.parametrize("loss", ["begin_fails_oddly", "backend_ended"])
+    async def test_a_kept_connection_lost_meanwhile_is_replaced(
         self,
         engine: AsyncEngine,
         factory: async_sessionmaker[AsyncSession],
         monkeypatch: pytest.MonkeyPatch,
+        loss: str,
     ) -> None:
-        # asyncpg may report a backend ended while the connection was kept not as a lost
-        # connection but as "another operation is in progress": still only BEGIN was sent.
         if engine.dialect.name != "postgresql":
             pytest.skip("only PostgreSQL connections are kept")
         from asyncpg.exceptions import InternalClientError
@@ -594,38 +598,32 @@ class TestConnection:
             await through_intake(store, factory, tenant, answered_call("L1")[:1])
             kept = store._held
             assert kept is not None
-            begin_on = store._begin_on
+            assert store.idle_seconds() is not None
+            if loss == "backend_ended":
+                async with engine.connect() as killer:
+                    killed = await killer.scalars(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    )
+                    assert any(killed.all())
+            else:
+                # asyncpg may report a backend ended while the connection was kept not as a
+                # lost connection but as "another operation is in progress": still only
+                # BEGIN was sent.
+                begin_on = store._begin_on
 
-            async def odd_on_the_kept(connection: Any) -> Any:
-                if connection is kept:
-                    await connection.invalidate()
-                    raise InternalClientError("cannot switch to state 15")
-                return await begin_on(connection)
+                async def odd_on_the_kept(connection: Any) -> Any:
+                    if connection is kept:
+                        await connection.invalidate()
+                        raise InternalClientError("cannot switch to state 15")
+                    return await begin_on(connection)
 
-            monkeypatch.setattr(store, "_begin_on", odd_on_the_kept)
+                monkeypatch.setattr(store, "_begin_on", odd_on_the_kept)
             outcomes = await through_intake(store, factory, tenant, answered_call("L2")[:1])
             assert outcomes == [Outcome.ACCEPTED]
             assert store._held is not kept
-
-    async def test_a_kept_connection_lost_meanwhile_is_replaced(
-        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
-    ) -> None:
-        if engine.dialect.name != "postgresql":
-            pytest.skip("only PostgreSQL connections are kept")
-        (tenant,) = await tenants(factory, 1)
-        async with intake_store(engine) as store:
-            await through_intake(store, factory, tenant, answered_call("L1")[:1])
-            assert store.idle_seconds() is not None
-            async with engine.connect() as killer:
-                killed = await killer.scalars(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    )
-                )
-                assert any(killed.all())
-            outcomes = await through_intake(store, factory, tenant, answered_call("L2")[:1])
-            assert outcomes == [Outcome.ACCEPTED]
 
 
 class TestPlans:
@@ -637,22 +635,17 @@ class TestPlans:
         if engine.dialect.name != "postgresql":
             pytest.skip("SQLite's statements name their rows by key")
         (tenant,) = await tenants(factory, 1)
-        routing = await preloaded(factory, tenant)
         secret = await with_secret(factory, tenant)
+
+        async def no_table_scanned(transaction: IntakeTransaction) -> None:
+            scans = await transaction.driver.fetch(
+                "SELECT relname, seq_scan FROM pg_stat_xact_user_tables WHERE seq_scan > 0"
+            )
+            assert {row[0]: row[1] for row in scans} == {}
+
         async with intake_store(engine) as store:
             # asyncpg prepares each statement once: PostgreSQL plans its first five runs for
             # their parameters, then settles on a generic plan.
             for number in range(12):
-                async with store.transaction() as transaction:
-                    events = answered_call(f"L{number}")
-                    assert await transaction.admit(
-                        [(tenant.enterprise_id, secret, events)], WEBHOOK_SOURCE
-                    ) == [True]
-                    await track_event_groups(
-                        transaction.ports(routing), [EventGroup(tenant.enterprise_id, events)]
-                    )
-                    await transaction.flush()
-                    scans = await transaction.driver.fetch(
-                        "SELECT relname, seq_scan FROM pg_stat_xact_user_tables WHERE seq_scan > 0"
-                    )
-                    assert {row[0]: row[1] for row in scans} == {}
+                requests = [(secret, answered_call(f"L{number}"))]
+                await through_admission(store, factory, tenant, requests, no_table_scanned)

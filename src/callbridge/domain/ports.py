@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from callbridge.domain.call import Call, CallPolicy
 from callbridge.domain.events import Event
@@ -25,12 +25,28 @@ __all__ = [
     "JobQueue",
     "NewJob",
     "RoutingSource",
+    "SavedCall",
+    "StoredCall",
 ]
 
 #: A call's identity: (enterprise id, the PBX's linkedid).
 CallKey = tuple[int, str]
 #: An event to file: (enterprise id, source, event).
 InboxEntry = tuple[int, str, Event]
+
+
+class StoredCall(NamedTuple):
+    """A call as :meth:`CallRepository.get_many` locked it."""
+
+    row_id: int
+    #: None for a call nothing is known about yet.
+    call: Call | None
+    #: The Bitrix24 integration its commands go to, fixed when it started (None: none).
+    integration_id: int | None = None
+
+
+#: A call to write: (row id, call, the integration its commands go to).
+SavedCall = tuple[int, Call, int | None]
 
 
 @dataclass(frozen=True)
@@ -56,16 +72,16 @@ class CallRepository(Protocol):
         """Insert or update the call; its row id (what jobs refer to)."""
         ...
 
-    async def get_many(self, keys: Sequence[CallKey]) -> Mapping[CallKey, tuple[int, Call | None]]:
-        """Each call's row id and stored call (None if new), all locked until commit.
+    async def get_many(self, keys: Sequence[CallKey]) -> Mapping[CallKey, StoredCall]:
+        """Each call as stored (its call None if new), all locked until commit.
 
         A new call gets an empty row at once (its id is what jobs refer to); ``keys`` come
         sorted, the order in which rows are locked.
         """
         ...
 
-    async def save_many(self, calls: Sequence[tuple[int, Call]]) -> None:
-        """Write calls (row id, call) whose rows :meth:`get_many` locked."""
+    async def save_many(self, calls: Sequence[SavedCall]) -> None:
+        """Write calls (row id, call, integration) whose rows :meth:`get_many` locked."""
         ...
 
 
@@ -123,6 +139,17 @@ class CallRouting:
 
     integration_id: int | None
     policy: CallPolicy
+    #: The enterprise's other live integrations and their policies: a call that started on
+    #: one of them goes on there (its Bitrix24 calls live on that portal).
+    also_live: Mapping[int, CallPolicy] = field(default_factory=dict)
+
+    def policy_of(self, integration_id: int | None) -> CallPolicy | None:
+        """The policy of one of the enterprise's live integrations; None if it is not one."""
+        if integration_id is None:
+            return None
+        if integration_id == self.integration_id:
+            return self.policy
+        return self.also_live.get(integration_id)
 
 
 class RoutingSource(Protocol):

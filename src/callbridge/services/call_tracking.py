@@ -19,6 +19,12 @@ The caller commits (the web request's session, or the AMI listener's transaction
 half-applied, and an acknowledged event is a committed one. An enterprise without a live
 Bitrix24 integration still has its events stored and its calls tracked; no jobs are enqueued.
 
+A call keeps the integration it started with (``calls.integration_id``, fixed by the batch in
+which it starts): its later commands name Bitrix24 calls registered there, or never
+registered at all. So a call that started with no live integration never has jobs, even once
+the enterprise is linked to a portal; and once a call's integration is no longer live (or no
+longer the enterprise's), its commands are dropped from then on, never sent to another one.
+
 Job payload (``version`` 1), for the dispatcher::
 
     {
@@ -40,7 +46,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Final
 
-from callbridge.domain.call import Call
+from callbridge.domain.call import Call, CallPolicy, CallState
 from callbridge.domain.commands import AttachRecord, Command, FinishCall, command_to_dict
 from callbridge.domain.events import Direction, Event
 from callbridge.domain.ports import (
@@ -195,8 +201,26 @@ async def track_event_groups(
     )
     stored = await ports.calls.get_many(keys)
     calls: dict[CallKey, Call] = {}
+    # Where each call's commands go (None: nowhere), and the policy it is tracked with.
+    destinations: dict[CallKey, int | None] = {}
+    policies: dict[CallKey, CallPolicy] = {}
     for key in keys:
-        call = stored[key][1]
+        _, call, remembered = stored[key]
+        routing = routings[key[0]]
+        if call is not None and call.state is not CallState.NEW:
+            # Started: its commands go where its first ones went, whatever the enterprise is
+            # linked to now (the CALL_IDs it was given live on that portal, or nowhere).
+            integration_id = remembered
+        else:
+            # Nothing sent yet: the enterprise's integration now, fixed once the call starts
+            # (even with no commands then: a click-to-call start registers nothing).
+            integration_id = routing.integration_id
+        policy = routing.policy_of(integration_id)
+        if policy is None:
+            # Nowhere, or no longer live: nothing more of the call is ever sent (a later
+            # command would follow one that was not), so it is tracked as the enterprise's.
+            integration_id, policy = None, routing.policy
+        destinations[key], policies[key] = integration_id, policy
         calls[key] = call if call is not None else Call.new(key[1])
 
     fresh = iter(
@@ -213,7 +237,10 @@ async def track_event_groups(
     jobs: list[NewJob] = []
     # (index of the finish in ``jobs``, the notification that must wait for it)
     notifications: list[tuple[int, NewJob]] = []
+    # Commands not queued, by enterprise: of an enterprise with no live integration, and of
+    # calls that started without one (or on one no longer live) while it has one now.
     dropped: dict[int, int] = {}
+    stranded: dict[int, int] = {}
     for group in groups:
         outcomes: list[Outcome] = []
         # Insertion order = the order the group first touched the calls with a new event.
@@ -224,19 +251,19 @@ async def track_event_groups(
                 continue
             outcomes.append(Outcome.ACCEPTED)
             key = (group.enterprise_id, event.call_id)
-            policy = routings[group.enterprise_id].policy
-            commands.setdefault(key, []).extend(calls[key].apply(event, policy))
+            commands.setdefault(key, []).extend(calls[key].apply(event, policies[key]))
         results.append(outcomes)
-        integration_id = routings[group.enterprise_id].integration_id if commands else None
         for key, call_commands in commands.items():
             changed[key] = None
+            integration_id = destinations[key]
             if integration_id is None:
-                dropped[key[0]] = dropped.get(key[0], 0) + len(call_commands)
+                lost = stranded if routings[key[0]].integration_id is not None else dropped
+                lost[key[0]] = lost.get(key[0], 0) + len(call_commands)
                 continue
             _jobs_for(
                 call_commands,
                 key[0],
-                stored[key][0],
+                stored[key].row_id,
                 calls[key],
                 integration_id,
                 jobs,
@@ -245,7 +272,9 @@ async def track_event_groups(
     if not changed:
         return results
 
-    await ports.calls.save_many([(stored[key][0], calls[key]) for key in changed])
+    await ports.calls.save_many(
+        [(stored[key].row_id, calls[key], destinations[key]) for key in changed]
+    )
     if jobs:
         job_ids = await ports.jobs.enqueue_many(jobs)
         if notifications:
@@ -256,6 +285,14 @@ async def track_event_groups(
         logger.info(
             "enterprise %s has no live Bitrix24 integration: calls tracked, "
             "%d Bitrix24 commands not queued",
+            enterprise_id,
+            count,
+        )
+    for enterprise_id, count in stranded.items():
+        logger.info(
+            "enterprise %s: calls that started without a live Bitrix24 integration, or on one "
+            "no longer live, never move to another: calls tracked, %d Bitrix24 commands not "
+            "queued",
             enterprise_id,
             count,
         )

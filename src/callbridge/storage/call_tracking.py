@@ -35,11 +35,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from callbridge.domain.call import Call, CallPolicy, LeadCreation
 from callbridge.domain.events import Event, event_to_dict
 from callbridge.domain.phone import DEFAULT_RULES, normalize
-from callbridge.domain.ports import CallKey, CallRouting, InboxEntry, NewJob
+from callbridge.domain.ports import (
+    CallKey,
+    CallRouting,
+    InboxEntry,
+    NewJob,
+    SavedCall,
+    StoredCall,
+)
 from callbridge.services.call_tracking import CallTrackingPorts
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.job_queue import JobQueue
-from callbridge.storage.models import Bitrix24User, IntegrationStatus, PbxEvent
+from callbridge.storage.models import (
+    Bitrix24Integration,
+    Bitrix24User,
+    IntegrationStatus,
+    PbxEvent,
+)
 from callbridge.storage.repositories.bitrix24_users import Bitrix24UserRepository
 from callbridge.storage.repositories.calls import CallRepository
 from callbridge.storage.repositories.integrations import IntegrationRepository
@@ -192,12 +204,12 @@ class SqlCallStore:
         """Write the call; its row id."""
         return await self.repository.save(enterprise_id, call)
 
-    async def get_many(self, keys: Sequence[CallKey]) -> dict[CallKey, tuple[int, Call | None]]:
-        """Each call's row id and stored call, locked (in ``keys`` order) until commit."""
+    async def get_many(self, keys: Sequence[CallKey]) -> dict[CallKey, StoredCall]:
+        """Each call as stored, locked (in ``keys`` order) until commit."""
         return await self.repository.lock_many(keys)
 
-    async def save_many(self, calls: Sequence[tuple[int, Call]]) -> None:
-        """Write calls (row id, call) in one statement."""
+    async def save_many(self, calls: Sequence[SavedCall]) -> None:
+        """Write calls (row id, call, integration) in one statement."""
         await self.repository.save_many(calls)
 
 
@@ -253,7 +265,7 @@ class SqlRoutingSource:
         self._cache = cache
 
     async def for_enterprise(self, enterprise_id: int) -> CallRouting:
-        """The first live integration (by id) of the enterprise, or none."""
+        """The first live integration (by id) of the enterprise, or none; and the others."""
         if self._cache is not None:
             cached = self._cache.get(enterprise_id)
             if cached is None:
@@ -280,17 +292,21 @@ class SqlRoutingSource:
         if len(live) > 1:
             # The call model keeps one set of legs and cards per call: one portal gets it.
             logger.warning(
-                "enterprise %s has %d live Bitrix24 integrations; calls go to integration %s",
+                "enterprise %s has %d live Bitrix24 integrations; new calls go to integration %s",
                 enterprise_id,
                 len(live),
                 live[0].id,
             )
-        integration = live[0]
-        users = await self._users.active_for_integration(integration.id)
+        policies = {row.id: await self._policy(row) for row in live}
         return CallRouting(
-            integration_id=integration.id,
-            policy=policy_from_settings(integration.settings or {}, users),
+            integration_id=live[0].id,
+            policy=policies.pop(live[0].id),
+            also_live=policies,
         )
+
+    async def _policy(self, integration: Bitrix24Integration) -> CallPolicy:
+        users = await self._users.active_for_integration(integration.id)
+        return policy_from_settings(integration.settings or {}, users)
 
 
 def call_tracking_ports(

@@ -33,6 +33,7 @@ transaction that queued jobs.
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
@@ -47,12 +48,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from callbridge.domain.call import Call
 from callbridge.domain.errors import JobNotFoundError, StorageError
 from callbridge.domain.events import Event, event_to_dict
-from callbridge.domain.ports import CallKey, CallRouting, InboxEntry, NewJob
+from callbridge.domain.ports import (
+    CallKey,
+    CallRouting,
+    InboxEntry,
+    NewJob,
+    SavedCall,
+    StoredCall,
+)
 from callbridge.services.call_tracking import CallTrackingPorts
 from callbridge.storage.job_queue import DEFAULT_MAX_ATTEMPTS, NOTIFY_CHANNEL
 from callbridge.storage.job_signals import announce_committed
 from callbridge.storage.models import JobStatus
-from callbridge.storage.repositories.calls import SUMMARY_COLUMNS, summary_of
+from callbridge.storage.repositories.calls import SAVED_COLUMNS, saved_values
 from callbridge.storage.types import utcnow
 
 __all__ = ["Admission", "CallCache", "IntakeStore", "IntakeTransaction", "PreloadedRouting"]
@@ -99,6 +107,8 @@ class PreloadedRouting:
 
 #: A call's model before its first event (what creating the row writes).
 _EMPTY_MODEL = "{}"
+#: A locked call's row: (row id, enterprise id, linkedid, model as stored, integration id).
+_LockedRow = tuple[int, int, str, str, int | None]
 
 
 class CallCache:
@@ -212,16 +222,16 @@ class IntakeTransaction:
     async def save(self, enterprise_id: int, call: Call) -> int:
         """Write the call; its row id (the call is locked first, as ``get`` would)."""
         key = (enterprise_id, call.call_id)
-        row_id = (await self.get_many([key]))[key][0]
-        await self.save_many([(row_id, call)])
-        return row_id
+        stored = (await self.get_many([key]))[key]
+        await self.save_many([(stored.row_id, call, stored.integration_id)])
+        return stored.row_id
 
-    async def get_many(self, keys: Sequence[CallKey]) -> dict[CallKey, tuple[int, Call | None]]:
-        """Each call's row id and stored call, locked (in ``keys`` order) until commit."""
+    async def get_many(self, keys: Sequence[CallKey]) -> dict[CallKey, StoredCall]:
+        """Each call as stored, locked (in ``keys`` order) until commit."""
         if not keys:
             return {}
-        found: dict[CallKey, tuple[int, Call | None]] = {}
-        for row_id, enterprise_id, linkedid, text in await self._lock_calls(
+        found: dict[CallKey, StoredCall] = {}
+        for row_id, enterprise_id, linkedid, text, integration_id in await self._lock_calls(
             list(dict.fromkeys(keys)), utcnow()
         ):
             key = (enterprise_id, linkedid)
@@ -231,26 +241,28 @@ class IntakeTransaction:
             if call is not None:
                 self._handed_out[row_id] = call
             self._locked[row_id] = (key, text)
-            found[key] = (row_id, call)
+            found[key] = StoredCall(row_id, call, integration_id)
         return found
 
-    async def _lock_calls(
-        self, keys: Sequence[CallKey], now: datetime
-    ) -> Iterable[tuple[int, int, str, str]]:
-        """Lock (or create) the rows: (row id, enterprise id, linkedid, model as stored)."""
+    async def _lock_calls(self, keys: Sequence[CallKey], now: datetime) -> Iterable[_LockedRow]:
+        """Lock (or create) the rows (see :data:`_LockedRow`)."""
         raise NotImplementedError
 
-    async def save_many(self, calls: Sequence[tuple[int, Call]]) -> None:
-        """Write calls (row id, call) and their summary columns in one statement."""
+    async def save_many(self, calls: Sequence[SavedCall]) -> None:
+        """Write calls (row id, call, integration) and their saved columns in one statement."""
         if not calls:
             return
         stored = await self._update_calls(
-            [(row_id, summary_of(call)) for row_id, call in calls], utcnow()
+            [
+                (row_id, saved_values(call, integration_id))
+                for row_id, call, integration_id in calls
+            ],
+            utcnow(),
         )
         self._saved(calls, stored)
 
-    def _saved(self, calls: Sequence[tuple[int, Call]], stored: Mapping[int, str]) -> None:
-        for row_id, call in calls:
+    def _saved(self, calls: Sequence[SavedCall], stored: Mapping[int, str]) -> None:
+        for row_id, call, _ in calls:
             if row_id in self._locked and row_id in stored:
                 self._locked[row_id] = (self._locked[row_id][0], stored[row_id])
                 self._handed_out[row_id] = call
@@ -373,14 +385,14 @@ _JOB_COLUMNS = (
 )
 _JSON_SUMMARY = frozenset({"model", "ringing"})
 _TIME_SUMMARY = frozenset({"started_at", "answered_at", "ended_at"})
-# Each summary column, and how SQLite stores its value (None: as it is).
-_SQLITE_SUMMARY_COLUMNS: tuple[tuple[str, Callable[[Any], Any] | None], ...] = tuple(
+# Each saved column, and how SQLite stores its value (None: as it is).
+_SQLITE_SAVED_COLUMNS: tuple[tuple[str, Callable[[Any], Any] | None], ...] = tuple(
     (name, _dumps if name in _JSON_SUMMARY else _sqlite_time if name in _TIME_SUMMARY else None)
-    for name in SUMMARY_COLUMNS
+    for name in SAVED_COLUMNS
 )
 _SQLITE_UPDATE_CALL = (
     "UPDATE calls SET "
-    + ", ".join(f"{name} = ?" for name in (*SUMMARY_COLUMNS, "updated_at"))
+    + ", ".join(f"{name} = ?" for name in (*SAVED_COLUMNS, "updated_at"))
     + " WHERE id = ?"
 )
 
@@ -439,9 +451,7 @@ class _SqliteTransaction(IntakeTransaction):
             stored.update((e, s, i) for e, s, i in rows)
         return stored
 
-    async def _lock_calls(
-        self, keys: Sequence[CallKey], now: datetime
-    ) -> Iterable[tuple[int, int, str, str]]:
+    async def _lock_calls(self, keys: Sequence[CallKey], now: datetime) -> Iterable[_LockedRow]:
         stamp = _sqlite_time(now)
         result = []
         for chunk in _chunks(keys):
@@ -456,7 +466,7 @@ class _SqliteTransaction(IntakeTransaction):
                 + _placeholders(11, len(chunk))
                 + " ON CONFLICT (enterprise_id, linkedid) DO UPDATE SET"
                 " updated_at = excluded.updated_at"
-                " RETURNING id, enterprise_id, linkedid, model",
+                " RETURNING id, enterprise_id, linkedid, model, integration_id",
                 params,
             )
             result += rows
@@ -471,7 +481,7 @@ class _SqliteTransaction(IntakeTransaction):
         for row_id, summary in summaries:
             values: list[Any] = [
                 summary[name] if convert is None else convert(summary[name])
-                for name, convert in _SQLITE_SUMMARY_COLUMNS
+                for name, convert in _SQLITE_SAVED_COLUMNS
             ]
             values += (stamp, row_id)
             params.append(values)
@@ -550,7 +560,7 @@ SELECT e, l, '{}'::jsonb, '{}'::jsonb, 'new', 'inbound', '', '', 0, $3::timestam
 FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS t(e, l, n)
 ORDER BY n
 ON CONFLICT (enterprise_id, linkedid) DO UPDATE SET linkedid = excluded.linkedid
-RETURNING id, enterprise_id, linkedid, model::text
+RETURNING id, enterprise_id, linkedid, model::text, integration_id
 """
 _PG_UPDATE_CALLS = """
 UPDATE calls SET model = t.model::jsonb, state = t.state, direction = t.direction,
@@ -559,14 +569,14 @@ UPDATE calls SET model = t.model::jsonb, state = t.state, direction = t.directio
     bitrix24_call_id = t.bitrix24_call_id, crm_entity_type = t.crm_entity_type,
     crm_entity_id = t.crm_entity_id, started_at = t.started_at, answered_at = t.answered_at,
     ended_at = t.ended_at, status_code = t.status_code, talk_seconds = t.talk_seconds,
-    recording = t.recording, updated_at = $18::timestamptz
+    recording = t.recording, integration_id = t.integration_id, updated_at = $19::timestamptz
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::text[], $10::text[], $11::integer[],
             $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::text[],
-            $16::integer[], $17::text[])
+            $16::integer[], $17::text[], $18::bigint[])
     AS t(id, model, state, direction, external_number, line_number, ringing, answered_by,
          bitrix24_call_id, crm_entity_type, crm_entity_id, started_at, answered_at, ended_at,
-         status_code, talk_seconds, recording)
+         status_code, talk_seconds, recording, integration_id)
 WHERE calls.id = ANY($1::bigint[]) AND calls.id = t.id
 RETURNING calls.id, calls.model::text
 """
@@ -605,7 +615,7 @@ WITH asked AS (
     WHERE (SELECT ok FROM admitted)
     ORDER BY n
     ON CONFLICT (enterprise_id, linkedid) DO UPDATE SET linkedid = excluded.linkedid
-    RETURNING id, enterprise_id, linkedid, model::text
+    RETURNING id, enterprise_id, linkedid, model::text, integration_id
 ), filed AS (
     INSERT INTO pbx_events (enterprise_id, source, event_id, linkedid, kind, payload,
                             occurred_at, received_at, handled_at)
@@ -616,25 +626,24 @@ WITH asked AS (
     ON CONFLICT (enterprise_id, source, event_id) DO NOTHING
     RETURNING enterprise_id, source, event_id
 )
-SELECT 0, NULL::bigint, e, s, NULL::text FROM refused
-UNION ALL SELECT 1, id, enterprise_id, linkedid, model FROM locked
-UNION ALL SELECT 2, NULL::bigint, enterprise_id, source, event_id FROM filed
+SELECT 0, NULL::bigint, e, s, NULL::text, NULL::bigint FROM refused
+UNION ALL SELECT 1, id, enterprise_id, linkedid, model, integration_id FROM locked
+UNION ALL SELECT 2, NULL::bigint, enterprise_id, source, event_id, NULL::bigint FROM filed
 """
-# The calls saved, and the jobs queued after them, in one round trip.
+
+
+def _shifted(statement: str, by: int) -> str:
+    """The statement with its parameters renumbered: ``$n`` becomes ``$(n + by)``."""
+    return re.sub(r"\$(\d+)::", lambda match: f"${int(match[1]) + by}::", statement)
+
+
+# The calls saved, and the jobs queued after them, in one round trip (the calls' parameters
+# first, then the jobs').
 _PG_SAVE_AND_QUEUE = (
     "WITH saved AS ("
     + _PG_UPDATE_CALLS.strip()
     + "), queued AS ("
-    + _PG_INSERT_JOBS.strip()
-    .replace("$9::", "$27::")
-    .replace("$8::", "$26::")
-    .replace("$7::", "$25::")
-    .replace("$6::", "$24::")
-    .replace("$5::", "$23::")
-    .replace("$4::", "$22::")
-    .replace("$3::", "$21::")
-    .replace("$2::", "$20::")
-    .replace("$1::", "$19::")
+    + _shifted(_PG_INSERT_JOBS.strip(), len(SAVED_COLUMNS) + 2)
     + ") SELECT true, id, model FROM saved UNION ALL SELECT false, id, NULL FROM queued"
 )
 
@@ -651,11 +660,11 @@ class _PostgresTransaction(IntakeTransaction):
         super().__init__(calls)
         self._db = connection
         # What admit() locked and filed: the keys and rows; the events asked and those new.
-        self._locks: tuple[list[CallKey], list[tuple[int, int, str, str]]] | None = None
+        self._locks: tuple[list[CallKey], list[_LockedRow]] | None = None
         self._filed: tuple[list[tuple[int, str, str]], set[tuple[int, str, str]]] | None = None
-        # Calls saved but not written yet: (row id, call), and their columns for the UPDATE.
-        self._unsaved: list[tuple[int, Call]] = []
-        self._unsaved_columns: list[list[Any]] = _columns(len(SUMMARY_COLUMNS) + 1)
+        # Calls saved but not written yet, and their columns for the UPDATE.
+        self._unsaved: list[SavedCall] = []
+        self._unsaved_columns: list[list[Any]] = _columns(len(SAVED_COLUMNS) + 1)
 
     async def active_webhook_secrets(self, ids: Collection[int]) -> dict[int, str]:
         """The stored (encrypted) webhook secret of each active enterprise among ``ids``."""
@@ -694,7 +703,10 @@ class _PostgresTransaction(IntakeTransaction):
         refused = {(row[2], row[3]) for row in rows if row[0] == 0}
         if refused:
             return [(request[0], request[1]) not in refused for request in requests]
-        self._locks = (keys, [(row[1], row[2], row[3], row[4]) for row in rows if row[0] == 1])
+        self._locks = (
+            keys,
+            [(row[1], row[2], row[3], row[4], row[5]) for row in rows if row[0] == 1],
+        )
         self._filed = (list(first), {(row[2], row[3], row[4]) for row in rows if row[0] == 2})
         return [True] * len(requests)
 
@@ -710,9 +722,7 @@ class _PostgresTransaction(IntakeTransaction):
         rows = await self._db.fetch(_PG_INSERT_EVENTS, *columns[:6], now, columns[6])
         return {(row[0], row[1], row[2]) for row in rows}
 
-    async def _lock_calls(
-        self, keys: Sequence[CallKey], now: datetime
-    ) -> Iterable[tuple[int, int, str, str]]:
+    async def _lock_calls(self, keys: Sequence[CallKey], now: datetime) -> Iterable[_LockedRow]:
         locks, self._locks = self._locks, None
         if locks is not None and locks[0] == list(keys):
             return locks[1]
@@ -721,16 +731,16 @@ class _PostgresTransaction(IntakeTransaction):
         rows = await self._db.fetch(
             _PG_LOCK_CALLS, [key[0] for key in keys], [key[1] for key in keys], now
         )
-        return [(row[0], row[1], row[2], row[3]) for row in rows]
+        return [(row[0], row[1], row[2], row[3], row[4]) for row in rows]
 
-    async def save_many(self, calls: Sequence[tuple[int, Call]]) -> None:
+    async def save_many(self, calls: Sequence[SavedCall]) -> None:
         """Hold the calls back: written with the next jobs queued, or before the commit."""
         columns = self._unsaved_columns
-        for row_id, call in calls:
+        for row_id, call, integration_id in calls:
             columns[0].append(row_id)
-            summary = summary_of(call)
-            for index, name in enumerate(SUMMARY_COLUMNS, start=1):
-                value = summary[name]
+            values = saved_values(call, integration_id)
+            for index, name in enumerate(SAVED_COLUMNS, start=1):
+                value = values[name]
                 columns[index].append(_dumps(value) if name in _JSON_SUMMARY else value)
         self._unsaved += calls
 
@@ -742,9 +752,9 @@ class _PostgresTransaction(IntakeTransaction):
             # jsonb keeps its own spelling of the document: the text to remember is its.
             self._saved(calls, {row[0]: row[1] for row in rows})
 
-    def _take_unsaved(self) -> tuple[list[tuple[int, Call]], list[list[Any]]]:
+    def _take_unsaved(self) -> tuple[list[SavedCall], list[list[Any]]]:
         taken = self._unsaved, self._unsaved_columns
-        self._unsaved, self._unsaved_columns = [], _columns(len(SUMMARY_COLUMNS) + 1)
+        self._unsaved, self._unsaved_columns = [], _columns(len(SAVED_COLUMNS) + 1)
         return taken
 
     async def _update_calls(

@@ -153,6 +153,12 @@ class Call(TimestampMixin, Base):
     talk_seconds: Mapped[int] = mapped_column(Integer, default=0)
     recording: Mapped[str | None] = mapped_column(Text)
     model: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the domain Call, serialised
+    #: The integration the call's Bitrix24 commands go to, fixed when it starts (None: none).
+    #: Not indexed: every write of call tracking would update the index too, for no query.
+    #: No foreign key: SQLite cannot add one to a table without copying the table, and
+    #: callbridge never deletes an integration. An id that is not one of the enterprise's live
+    #: integrations (gone, uninstalled, moved) means the same as None: nothing is sent.
+    integration_id: Mapped[int | None] = mapped_column(BigIntId)
 
 
 class Bitrix24Call(TimestampMixin, Base):

@@ -63,8 +63,21 @@ async def make_tenant(
     await session.flush()
     if not integration:
         return Tenant(enterprise.id, None)
+    row_id = await add_integration(session, enterprise.id, status=status, settings=settings)
+    return Tenant(enterprise.id, row_id)
+
+
+async def add_integration(
+    session: AsyncSession,
+    enterprise_id: int | None,
+    *,
+    status: IntegrationStatus = IntegrationStatus.ACTIVE,
+    settings: dict[str, Any] | None = None,
+    users: dict[str, int] | None = None,
+) -> int:
+    """A portal linked to the enterprise (if any); its users by extension (101 Ivan, …)."""
     row = Bitrix24Integration(
-        enterprise_id=enterprise.id,
+        enterprise_id=enterprise_id,
         member_id=uuid.uuid4().hex,
         domain="portal.test",
         client_endpoint="http://portal.test/rest/",
@@ -73,10 +86,12 @@ async def make_tenant(
     )
     session.add(row)
     await session.flush()
-    for extension, user in (("101", IVAN), ("102", MARIA), ("103", OLEG)):
+    if users is None:
+        users = {"101": IVAN, "102": MARIA, "103": OLEG}
+    for extension, user in users.items():
         session.add(Bitrix24User(integration_id=row.id, user_id=user, extension=extension))
     await session.flush()
-    return Tenant(enterprise.id, row.id)
+    return row.id
 
 
 async def track(session: AsyncSession, tenant: Tenant, *events: Event) -> list[Outcome]:
@@ -305,6 +320,170 @@ class TestRouting:
         register, show = commands(await jobs_of(session, tenant))
         assert register.user_id == 7  # type: ignore[union-attr]
         assert show.user_ids == (7,)  # type: ignore[union-attr]
+
+
+async def set_integration(session: AsyncSession, integration_id: int | None, **values: Any) -> None:
+    row = await session.get_one(Bitrix24Integration, integration_id)
+    for name, value in values.items():
+        setattr(row, name, value)
+    await session.flush()
+
+
+async def call_row(session: AsyncSession, tenant: Tenant, linkedid: str) -> CallRow:
+    row = await session.scalar(
+        select(CallRow)
+        .where(CallRow.enterprise_id == tenant.enterprise_id, CallRow.linkedid == linkedid)
+        .execution_options(populate_existing=True)
+    )
+    assert row is not None
+    return row
+
+
+class TestACallKeepsItsIntegration:
+    """A call's commands go where its first went (or nowhere), whatever the enterprise's link."""
+
+    async def test_a_call_started_unlinked_gets_no_jobs_once_the_enterprise_is_linked(
+        self, session: AsyncSession, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        tenant = await make_tenant(session, integration=False)
+        pbx, later = Pbx(), Pbx("later")
+        await track(session, tenant, pbx.started(0), pbx.ringing(1, "101"))
+        assert (await call_row(session, tenant, pbx.call_id)).integration_id is None
+        integration_id = await add_integration(session, tenant.enterprise_id)
+        with caplog.at_level("INFO", logger="callbridge.services.call_tracking"):
+            outcomes = await track(
+                session, tenant, pbx.answered(5, "101"), pbx.ended(65), pbx.recording(66)
+            )
+        assert outcomes == [Outcome.ACCEPTED] * 3
+        # Its register was never sent: show, finish and attach would name no Bitrix24 call.
+        assert await jobs_of(session, tenant) == []
+        assert "calls tracked, 4 Bitrix24 commands not queued" in caplog.text
+        row = await call_row(session, tenant, pbx.call_id)
+        assert (row.state, row.integration_id) == ("ended", None)
+        # A call that starts now is the new portal's.
+        await track(session, tenant, later.started(70))
+        jobs = await jobs_of(session, tenant)
+        assert kinds(jobs) == ["register"]
+        assert jobs[0].integration_id == integration_id
+
+    async def test_a_call_held_before_its_start_goes_where_the_enterprise_is_when_it_starts(
+        self, session: AsyncSession
+    ) -> None:
+        tenant = await make_tenant(session, integration=False)
+        pbx = Pbx()
+        await track(session, tenant, pbx.ringing(1, "101"))  # delivered before the start
+        integration_id = await add_integration(session, tenant.enterprise_id)
+        await track(session, tenant, pbx.started(0))
+        jobs = await jobs_of(session, tenant)
+        assert kinds(jobs) == ["register", "show"]
+        assert {job.integration_id for job in jobs} == {integration_id}
+        assert (await call_row(session, tenant, pbx.call_id)).integration_id == integration_id
+
+    async def test_a_call_stays_on_its_portal_when_the_enterprise_moves_to_another(
+        self, session: AsyncSession
+    ) -> None:
+        enterprise = Enterprise(number=f"e-{uuid.uuid4().hex[:8]}")
+        session.add(enterprise)
+        await session.flush()
+        # B exists first (a lower id) but is linked later: it then comes first.
+        b = await add_integration(session, None, settings={"default_user_id": 7}, users={"101": 71})
+        a = await add_integration(session, enterprise.id)
+        tenant = Tenant(enterprise.id, a)
+        pbx, later = Pbx(), Pbx("later")
+        await track(session, tenant, pbx.started(0), pbx.ringing(1, "101"))
+        await set_integration(session, b, enterprise_id=enterprise.id)
+        await track(session, tenant, pbx.answered(5, "101"), pbx.ended(65), later.started(70))
+        jobs = await jobs_of(session, tenant)
+        by_call = {
+            linkedid: [
+                (job.payload["command"]["kind"], job.integration_id)
+                for job in jobs
+                if job.payload["linkedid"] == linkedid
+            ]
+            for linkedid in (pbx.call_id, later.call_id)
+        }
+        assert by_call == {
+            pbx.call_id: [("register", a), ("show", a), ("finish", a)],
+            later.call_id: [("register", b)],
+        }
+        # With its own portal's users: Ivan is user 11 on A (71 on B).
+        finish = commands(jobs)[2]
+        assert finish.user_id == IVAN  # type: ignore[union-attr]
+
+    @pytest.mark.parametrize(
+        "retire",
+        [{"status": IntegrationStatus.UNINSTALLED.value}, {"enterprise_id": None}],
+        ids=["uninstalled", "unlinked"],
+    )
+    async def test_a_call_whose_portal_is_gone_is_never_sent_to_the_new_one(
+        self, session: AsyncSession, retire: dict[str, Any]
+    ) -> None:
+        tenant = await make_tenant(session)
+        pbx = Pbx()
+        await track(session, tenant, pbx.started(0), pbx.ringing(1, "101"))
+        await set_integration(session, tenant.integration_id, **retire)
+        b = await add_integration(session, tenant.enterprise_id)
+        await track(session, tenant, pbx.answered(5, "101"), pbx.ended(65))
+        jobs = await jobs_of(session, tenant)
+        assert [
+            (kind, job.integration_id) for kind, job in zip(kinds(jobs), jobs, strict=True)
+        ] == [
+            ("register", tenant.integration_id),
+            ("show", tenant.integration_id),
+        ]
+        assert b not in {job.integration_id for job in jobs}
+
+    async def test_a_call_whose_portal_went_away_is_not_sent_to_it_when_it_is_back(
+        self, session: AsyncSession
+    ) -> None:
+        # Its finish was dropped meanwhile: a recording attached after it would name a call
+        # Bitrix24 never saw end.
+        tenant = await make_tenant(session)
+        pbx = Pbx()
+        await track(session, tenant, pbx.started(0), pbx.answered(5))
+        before = kinds(await jobs_of(session, tenant))
+        uninstalled = IntegrationStatus.UNINSTALLED.value
+        await set_integration(session, tenant.integration_id, status=uninstalled)
+        await track(session, tenant, pbx.ended(65))
+        assert (await call_row(session, tenant, pbx.call_id)).integration_id is None
+        active = IntegrationStatus.ACTIVE.value
+        await set_integration(session, tenant.integration_id, status=active)
+        await track(session, tenant, pbx.recording(70, url="https://pbx.test/rec.wav"))
+        assert kinds(await jobs_of(session, tenant)) == before
+
+    async def test_a_click_to_call_keeps_the_portal_it_started_on(
+        self, session: AsyncSession
+    ) -> None:
+        # Registered by Bitrix24 (the click): its start queues nothing, yet the call is A's.
+        tenant = await make_tenant(session)
+        pbx = Pbx()
+        started = pbx.started(
+            0, direction=Direction.OUTBOUND, extension="101", bitrix24_call_id="externalCall.1"
+        )
+        await track(session, tenant, started)
+        assert await jobs_of(session, tenant) == []
+        assert (
+            await call_row(session, tenant, pbx.call_id)
+        ).integration_id == tenant.integration_id
+        await set_integration(
+            session, tenant.integration_id, status=IntegrationStatus.UNINSTALLED.value
+        )
+        await add_integration(session, tenant.enterprise_id)
+        await track(session, tenant, pbx.answered(5), pbx.ended(65))
+        assert await jobs_of(session, tenant) == []
+
+    async def test_a_click_to_call_is_finished_on_its_portal(self, session: AsyncSession) -> None:
+        tenant = await make_tenant(session)
+        pbx = Pbx()
+        started = pbx.started(
+            0, direction=Direction.OUTBOUND, extension="101", bitrix24_call_id="externalCall.1"
+        )
+        await track(session, tenant, started)
+        await track(session, tenant, pbx.answered(5), pbx.ended(65))
+        jobs = await jobs_of(session, tenant)
+        assert [
+            (kind, job.integration_id) for kind, job in zip(kinds(jobs), jobs, strict=True)
+        ] == [("finish", tenant.integration_id)]
 
 
 class TestPolicyFromSettings:

@@ -34,8 +34,13 @@ from callbridge.storage.call_tracking import SqlRoutingSource, call_tracking_por
 from callbridge.storage.db import OneHopConnection, create_engine, create_session_factory
 from callbridge.storage.intake_sql import IntakeStore, IntakeTransaction, PreloadedRouting
 from callbridge.storage.job_queue import JobQueue
-from callbridge.storage.models import Enterprise
-from tests.callbridge.services.test_call_tracking import BOX, Tenant, make_tenant
+from callbridge.storage.models import Bitrix24Integration, Enterprise
+from tests.callbridge.services.test_call_tracking import (
+    BOX,
+    Tenant,
+    add_integration,
+    make_tenant,
+)
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 # SQLAlchemy's storage format for DateTime on SQLite, which the claim queries compare as text.
@@ -192,6 +197,20 @@ async def tenants_without_integration(
         return [await make_tenant(session, integration=False) for _ in range(count)]
 
 
+async def make_portal(factory: async_sessionmaker[AsyncSession], enterprise_id: int | None) -> int:
+    """A new portal, linked to the enterprise (if any); its integration id."""
+    async with factory() as session, session.begin():
+        return await add_integration(session, enterprise_id)
+
+
+async def link_portal(
+    factory: async_sessionmaker[AsyncSession], integration_id: int, enterprise_id: int
+) -> None:
+    async with factory() as session, session.begin():
+        integration = await session.get_one(Bitrix24Integration, integration_id)
+        integration.enterprise_id = enterprise_id
+
+
 async def call_rows(engine: AsyncEngine, tenant: Tenant) -> list[dict[str, Any]]:
     """The tenant's calls, without their ids and the clock's times."""
     async with engine.connect() as connection:
@@ -226,8 +245,13 @@ async def apply_then_fail(
 
 async def stored(engine: AsyncEngine, tenant: Tenant) -> dict[str, list[dict[str, Any]]]:
     """Every row the tenant's events made, with its own ids and the clock's times masked."""
-    assert tenant.integration_id is not None
     async with engine.connect() as connection:
+        integrations = await connection.scalars(
+            text("SELECT id FROM bitrix24_integrations WHERE enterprise_id = :e ORDER BY id"),
+            {"e": tenant.enterprise_id},
+        )
+        # The enterprise's integrations, in the order they were made.
+        integration = {row_id: f"integration-{n}" for n, row_id in enumerate(integrations)}
         calls = (
             await connection.execute(
                 text("SELECT * FROM calls WHERE enterprise_id = :e ORDER BY linkedid"),
@@ -254,7 +278,6 @@ async def stored(engine: AsyncEngine, tenant: Tenant) -> dict[str, list[dict[str
         jobs_rows = [dict(row) for row in jobs]
     job_ids = {row["id"]: f"job-{index}" for index, row in enumerate(jobs_rows)}
     enterprise = {tenant.enterprise_id: "enterprise"}
-    integration = {tenant.integration_id: "integration"}
     clock = {"created_at", "updated_at", "received_at", "handled_at", "run_after", "finished_at"}
 
     def mask(table: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -346,6 +369,57 @@ class TestSameRowsAsTheOrmPorts:
             await through_sqlalchemy(factory, tenant, [second])
             await through_intake(store, factory, tenant, [third, fourth])
         await assert_as_if_by_orm(engine, factory, tenant, answered_call("L1"))
+
+    async def test_calls_keep_the_integration_they_started_with_alike(
+        self, engine: AsyncEngine, factory: async_sessionmaker[AsyncSession]
+    ) -> None:
+        # L2 starts while the enterprise has no portal, L1 once it is linked to A; then it is
+        # linked to B too, which comes first (made earlier, a lower id). L1's later commands
+        # still go to A (where it is registered), L2's nowhere (never registered); only L3,
+        # which starts after that, goes to B. Calls are read back by each path's lock
+        # statement, and on PostgreSQL by the admission's too.
+        orm, plain = await tenants_without_integration(factory, 2)
+        secret = await with_secret(factory, plain)
+        l1, l2, l3 = answered_call("L1"), answered_call("L2"), answered_call("L3")
+        async with intake_store(engine) as store:
+
+            async def apply(tenant: Tenant, events: list[Event], *, admit: bool = False) -> None:
+                if tenant is orm:
+                    await through_sqlalchemy(factory, tenant, events)
+                elif admit:
+                    admitted, _ = await through_admission(
+                        store, factory, tenant, [(secret, events)]
+                    )
+                    assert admitted == [True]
+                else:
+                    await through_intake(store, factory, tenant, events)
+
+            for tenant in (orm, plain):
+                b = await make_portal(factory, None)
+                await apply(tenant, l2[:2])
+                await make_portal(factory, tenant.enterprise_id)
+                await apply(tenant, l1[:2])
+                await link_portal(factory, b, tenant.enterprise_id)
+                await apply(tenant, [*l1[2:], *l2[2:], *l3], admit=True)
+        want, got = await stored(engine, orm), await stored(engine, plain)
+        routes = {(row["linkedid"], row["integration_id"]) for row in got["calls"]}
+        b_name, a_name = "integration-0", "integration-1"
+        assert routes == {("L1", a_name), ("L2", None), ("L3", b_name)}
+        jobs = [
+            (job["payload"]["linkedid"], job["payload"]["command"]["kind"], job["integration_id"])
+            for job in got["jobs"]
+        ]
+        assert jobs == [
+            ("L1", "register", a_name),
+            ("L1", "show", a_name),
+            ("L1", "hide", a_name),
+            ("L1", "finish", a_name),
+            ("L3", "register", b_name),
+            ("L3", "show", b_name),
+            ("L3", "hide", b_name),
+            ("L3", "finish", b_name),
+        ]
+        assert got == want
 
 
 class TestAdmission:
@@ -464,15 +538,15 @@ class TestCallCache:
         async with intake_store(engine) as store:
             await through_intake(store, factory, tenant, [first])
             async with store.transaction() as transaction:
-                (_, kept) = (await transaction.get_many([key]))[key]
+                kept = (await transaction.get_many([key]))[key].call
             async with store.transaction() as transaction:
-                (_, again) = (await transaction.get_many([key]))[key]
+                again = (await transaction.get_many([key]))[key].call
             assert kept is not None
             assert again is kept
             # Written by another path meanwhile: decoded from what is stored.
             await through_sqlalchemy(factory, tenant, [second])
             async with store.transaction() as transaction:
-                (_, fresh) = (await transaction.get_many([key]))[key]
+                fresh = (await transaction.get_many([key]))[key].call
             assert fresh is not kept
             assert fresh is not None
             assert fresh.to_dict() != kept.to_dict()

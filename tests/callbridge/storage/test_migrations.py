@@ -7,12 +7,12 @@ from typing import cast
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Table, insert, inspect, select
+from sqlalchemy import Table, insert, inspect, select, text
 from sqlalchemy.engine import Connection
 
 from callbridge.storage import migrate
 from callbridge.storage.db import create_unpooled_engine
-from callbridge.storage.models import Base, Job
+from callbridge.storage.models import Base, Bitrix24Integration, Enterprise, Job
 from tests.conftest import Database
 
 
@@ -108,6 +108,86 @@ class TestRecordingUploadsMigration:
             }
             await migrate.downgrade(url, "0004")
             assert set((await kinds()).values()) == {"bitrix24.command"}
+        finally:
+            await engine.dispose()
+            await database.drop(url)
+
+
+class TestCallIntegrationMigration:
+    """0007 gives stored calls the integration their commands went (or would have gone) to."""
+
+    async def test_calls_get_their_first_job_s_integration_or_the_live_one(
+        self, database: Database
+    ) -> None:
+        url = await database.clone()
+        engine = create_unpooled_engine(url)
+        now = datetime.now(UTC)
+        enterprises = cast(Table, Enterprise.__table__)
+        integrations = cast(Table, Bitrix24Integration.__table__)
+        jobs = cast(Table, Job.__table__)
+        try:
+            await migrate.downgrade(url, "0006")
+            async with engine.begin() as connection:
+                enterprise = await connection.scalar(
+                    insert(enterprises).values(number="e1").returning(enterprises.c.id)
+                )
+
+                async def integration(status: str) -> int:
+                    row_id = await connection.scalar(
+                        insert(integrations)
+                        .values(
+                            enterprise_id=enterprise,
+                            member_id=status,
+                            domain="portal.test",
+                            client_endpoint="http://portal.test/rest/",
+                            status=status,
+                        )
+                        .returning(integrations.c.id)
+                    )
+                    assert row_id is not None
+                    return int(row_id)
+
+                gone, live, other = (
+                    await integration("uninstalled"),
+                    await integration("active"),
+                    await integration("needs_reauth"),
+                )
+                calls: dict[str, int] = {}
+                for linkedid, state in (
+                    ("with jobs", "ended"),
+                    ("going on", "active"),
+                    ("over", "ended"),
+                    ("not started", "new"),
+                ):
+                    result = await connection.execute(
+                        text(
+                            "INSERT INTO calls (enterprise_id, linkedid, state, direction,"
+                            " external_number, line_number, ringing, talk_seconds, model,"
+                            " created_at, updated_at) VALUES (:e, :l, :s, 'inbound', '', '',"
+                            " '{}', 0, '{}', :now, :now) RETURNING id"
+                        ),
+                        {"e": enterprise, "l": linkedid, "s": state, "now": now},
+                    )
+                    calls[linkedid] = result.scalar_one()
+                for integration_id in (None, gone, other):
+                    await connection.execute(
+                        insert(jobs).values(
+                            kind="bitrix24.command",
+                            call_id=calls["with jobs"],
+                            integration_id=integration_id,
+                            run_after=now,
+                        )
+                    )
+            await migrate.upgrade(url)
+            async with engine.connect() as connection:
+                rows = await connection.execute(text("SELECT linkedid, integration_id FROM calls"))
+                assert {row[0]: row[1] for row in rows} == {
+                    "with jobs": gone,  # where its first commands went, live or not
+                    "going on": live,  # where its later ones went until now
+                    "over": None,
+                    "not started": None,
+                }
+            await migrate.downgrade(url, "0006")
         finally:
             await engine.dispose()
             await database.drop(url)

@@ -1,10 +1,11 @@
 """Calls by (enterprise, linkedid): the domain :class:`~callbridge.domain.call.Call`, stored whole.
 
 The domain call lives in ``calls.model`` (its ``to_dict``); the other columns are a summary of
-it for queries and the admin pages, rewritten on every save. :meth:`CallRepository.lock`
-holds the row until the transaction ends (an upsert, which row-locks on PostgreSQL; SQLite's
-write lock is already held by ``BEGIN IMMEDIATE``), creating an empty row first for a new call,
-so two transactions never both believe they hold a new call.
+it for queries and the admin pages, rewritten on every save, and ``integration_id``, where call
+tracking sends the call's commands. :meth:`CallRepository.lock` holds the row until the
+transaction ends (an upsert, which row-locks on PostgreSQL; SQLite's write lock is already held
+by ``BEGIN IMMEDIATE``), creating an empty row first for a new call, so two transactions never
+both believe they hold a new call.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from callbridge.domain.call import Call
+from callbridge.domain.ports import SavedCall, StoredCall
 from callbridge.storage.models import Call as CallRow
 from callbridge.storage.repositories.base import Repository
 from callbridge.storage.types import utcnow
@@ -43,11 +45,14 @@ SUMMARY_COLUMNS = (
     "talk_seconds",
     "recording",
 )
+#: The calls columns that call tracking's :meth:`CallRepository.save_many` writes, in order:
+#: the summary, and the integration the call's commands go to.
+SAVED_COLUMNS = (*SUMMARY_COLUMNS, "integration_id")
 # One UPDATE for many calls (executemany): the bulk path of call tracking.
-_UPDATE_SUMMARY = (
+_UPDATE_SAVED = (
     update(_calls)
     .where(_calls.c.id == bindparam("row_id"))
-    .values({name: bindparam(name) for name in (*SUMMARY_COLUMNS, "updated_at")})
+    .values({name: bindparam(name) for name in (*SAVED_COLUMNS, "updated_at")})
 )
 
 
@@ -58,7 +63,13 @@ def _lock_many_statement(dialect: str) -> Any:
     return insert.on_conflict_do_update(
         index_elements=["enterprise_id", "linkedid"],
         set_={"updated_at": insert.excluded.updated_at},
-    ).returning(_calls.c.id, _calls.c.enterprise_id, _calls.c.linkedid, _calls.c.model)
+    ).returning(
+        _calls.c.id,
+        _calls.c.enterprise_id,
+        _calls.c.linkedid,
+        _calls.c.model,
+        _calls.c.integration_id,
+    )
 
 
 class CallRepository(Repository[CallRow]):
@@ -113,10 +124,8 @@ class CallRepository(Repository[CallRow]):
         await self.session.flush()
         return row.id
 
-    async def lock_many(
-        self, keys: Sequence[tuple[int, str]]
-    ) -> dict[tuple[int, str], tuple[int, Call | None]]:
-        """Like :meth:`lock` for many calls in one statement: each row id and stored call.
+    async def lock_many(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], StoredCall]:
+        """Like :meth:`lock` for many calls in one statement: each call as stored.
 
         Rows are locked in the order of ``keys`` (give them sorted: two transactions that lock
         in the same order cannot deadlock). Core, not the ORM: nothing enters the identity map.
@@ -139,22 +148,27 @@ class CallRepository(Repository[CallRow]):
             ],
         )
         return {
-            (row.enterprise_id, row.linkedid): (
+            (row.enterprise_id, row.linkedid): StoredCall(
                 row.id,
                 Call.from_dict(row.model) if row.model else None,
+                row.integration_id,
             )
             for row in rows
         }
 
-    async def save_many(self, calls: Sequence[tuple[int, Call]]) -> None:
-        """Write calls (row id, call) and their summaries in one statement; rows locked first."""
+    async def save_many(self, calls: Sequence[SavedCall]) -> None:
+        """Write calls (row id, call, integration) and their summaries in one statement.
+
+        The rows must be locked first (:meth:`lock_many`).
+        """
         if not calls:
             return
         now = utcnow()
         params = [
-            {"row_id": row_id, **summary_of(call), "updated_at": now} for row_id, call in calls
+            {"row_id": row_id, **saved_values(call, integration_id), "updated_at": now}
+            for row_id, call, integration_id in calls
         ]
-        await self.session.execute(_UPDATE_SUMMARY, params)
+        await self.session.execute(_UPDATE_SAVED, params)
         # A row this session loaded earlier must not go on showing the old values (the intake
         # writer's sessions load none: skip the look-ups, they cost more than the UPDATE).
         identity_map = self.session.sync_session.identity_map
@@ -164,7 +178,7 @@ class CallRepository(Repository[CallRow]):
             key = self.session.sync_session.identity_key(CallRow, values["row_id"])
             row = identity_map.get(key)
             if row is not None:
-                for name in (*SUMMARY_COLUMNS, "updated_at"):
+                for name in (*SAVED_COLUMNS, "updated_at"):
                     set_committed_value(row, name, values[name])
 
     async def by_linkedid(self, enterprise_id: int, linkedid: str) -> CallRow | None:
@@ -179,6 +193,11 @@ class CallRepository(Repository[CallRow]):
 def _summarise(row: CallRow, call: Call) -> None:
     for name, value in summary_of(call).items():
         setattr(row, name, value)
+
+
+def saved_values(call: Call, integration_id: int | None) -> dict[str, Any]:
+    """The :data:`SAVED_COLUMNS` of a call whose commands go to ``integration_id``."""
+    return {**summary_of(call), "integration_id": integration_id}
 
 
 def summary_of(call: Call) -> dict[str, Any]:

@@ -246,7 +246,15 @@ class RoutingCache:
         return self.clock() >= read_at + self.refresh_after_seconds
 
     def put(self, enterprise_id: int, routing: CallRouting) -> None:
-        """Remember a routing for ``ttl_seconds``."""
+        """Remember a routing for ``ttl_seconds``; not one without a live integration.
+
+        A call keeps the integration it started with: a call that started on a cached "none"
+        while the enterprise had just been linked would never be sent to Bitrix24. Read each
+        time instead, an unlinked enterprise costs a read per batch of its events.
+        """
+        if routing.integration_id is None:
+            self._entries.pop(enterprise_id, None)
+            return
         self._entries[enterprise_id] = (self.clock() + self.ttl_seconds, routing)
 
     def clear(self) -> None:

@@ -168,11 +168,8 @@ class IntakeWriter:
                 assert row.webhook_secret_enc is not None
                 secret = self.box.decrypt(row.webhook_secret_enc)
                 credentials.put(row.number, Credential(row.id, row.webhook_secret_enc, secret))
-                routing = await source.reload(row.id)
-                # Not an enterprise without a portal: one is often linked just after a start,
-                # and its first calls must see the link, not a routing read before it.
-                if routing.integration_id is not None:
-                    self.routing_cache.put(row.id, routing)
+                # The cache keeps none of an enterprise without a portal (see RoutingCache).
+                self.routing_cache.put(row.id, await source.reload(row.id))
         return len(enterprises)
 
     async def close(self) -> None:

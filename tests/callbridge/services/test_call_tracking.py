@@ -606,6 +606,14 @@ class TestRoutingCache:
         cache.put(1, routing)  # read anew: fresh again
         assert not cache.due(1)
 
+    def test_a_routing_without_a_live_integration_is_not_kept(self) -> None:
+        # Its calls would keep "no integration" to their end: a link must be seen at once.
+        cache = RoutingCache()
+        linked = CallRouting(integration_id=1, policy=CallPolicy(default_user_id=1))
+        cache.put(1, linked)
+        cache.put(1, CallRouting(integration_id=None, policy=CallPolicy(default_user_id=1)))
+        assert cache.get(1) is None
+
     async def test_routing_is_reused_until_it_expires(self, session: AsyncSession) -> None:
         now = [0.0]
         cache = RoutingCache(ttl_seconds=10, clock=lambda: now[0])

@@ -9,16 +9,22 @@ to an enterprise).
 Lifecycle methods take the caller's session and only flush: the edge (a request, a CLI command)
 commits. Calls to Bitrix24 (post-install setup, ``ping``) must run *after* that commit, because
 the client reads tokens in its own transactions.
+
+Every request a :class:`Portals` sends takes a slot of the portal's rate budget through
+:attr:`Portals.limiter`, and each slot is announced to this process's request listeners
+(:func:`subscribe_requests`), whichever Portals sent it. A worker process has several (the
+dispatcher's and the uploads', the users sync's and click-to-call's, the web app's in
+all-in-one mode), and the dispatcher's picture of a portal's bucket must count them all.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -114,6 +120,68 @@ class InstallResult:
     reinstalled: bool
 
 
+class RequestListener(Protocol):
+    """Hears of every request this process sends to a portal, and of every full bucket.
+
+    ``key`` is the portal's rate-budget key (:attr:`Credentials.key`, its member_id), ``plan``
+    its plan. Called synchronously on the sender's event loop: keep it short, never block.
+    """
+
+    def request_sent(self, key: str, plan: RatePlan) -> None:
+        """A request to the portal took a slot of its budget (it goes now or soon)."""
+        ...
+
+    def bucket_full(self, key: str, plan: RatePlan) -> None:
+        """The portal answered QUERY_LIMIT_EXCEEDED: its bucket is full."""
+        ...
+
+
+_request_listeners: list[RequestListener] = []
+
+
+def subscribe_requests(listener: RequestListener) -> Callable[[], None]:
+    """Hear of every portal request of this process until the returned function is called."""
+    _request_listeners.append(listener)
+
+    def unsubscribe() -> None:
+        if listener in _request_listeners:
+            _request_listeners.remove(listener)
+
+    return unsubscribe
+
+
+class AnnouncingLimiter:
+    """A rate limiter that announces each slot it hands out, and each penalty, to the listeners.
+
+    The announcement comes when the slot is reserved, before any wait for it: that is when the
+    real budget counts it (and a request cancelled while waiting still spent its slot).
+    """
+
+    def __init__(self, inner: RateLimiter) -> None:
+        self.inner = inner
+
+    async def acquire(self, key: str, plan: RatePlan) -> float:
+        """Announce the request, then wait for its slot."""
+        _announce(key, plan, full=False)
+        return await self.inner.acquire(key, plan)
+
+    async def penalise(self, key: str, plan: RatePlan) -> None:
+        """Announce the full bucket, then slow down."""
+        _announce(key, plan, full=True)
+        await self.inner.penalise(key, plan)
+
+
+def _announce(key: str, plan: RatePlan, *, full: bool) -> None:
+    for listener in list(_request_listeners):
+        try:
+            if full:
+                listener.bucket_full(key, plan)
+            else:
+                listener.request_sent(key, plan)
+        except Exception:  # a listener's bug must not fail the request
+            logger.exception("a listener of portal requests failed")
+
+
 def is_webhook(row: Bitrix24Integration) -> bool:
     """Whether the integration authenticates with an incoming webhook (on-premise mode)."""
     return (row.settings or {}).get("auth_mode") == WEBHOOK_MODE
@@ -133,7 +201,9 @@ class Portals:
     box
         Encrypts tokens at rest.
     limiter
-        By default the database-shared budget on PostgreSQL and an in-process one on SQLite.
+        By default the database-shared budget on PostgreSQL and an in-process one on SQLite;
+        wrapped in an :class:`AnnouncingLimiter` unless it is one already (a Portals built on
+        another's ``limiter`` announces each request once).
     api_log
         Where request records go (a ``BufferedApiLog`` over the database in production).
     """
@@ -171,6 +241,17 @@ class Portals:
         self._credentials: dict[str, Credentials] = {}
 
     # --- clients -------------------------------------------------------------------------------
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The rate budget every client of this Portals takes its slots from (announcing them)."""
+        return self._limiter
+
+    @limiter.setter
+    def limiter(self, limiter: RateLimiter) -> None:
+        if not isinstance(limiter, AnnouncingLimiter):
+            limiter = AnnouncingLimiter(limiter)
+        self._limiter = limiter
 
     @property
     def events_url(self) -> str:

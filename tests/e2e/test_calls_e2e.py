@@ -221,12 +221,14 @@ async def environment(
     wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
     settings_overrides: Mapping[str, Any] | None = None,
     poll_interval: float = 0.05,
+    integration_settings: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Env]:
     """The harness of the client tests, with the PBX webhook and routing routes mounted too.
 
     ``portal_mounts`` give the portal other hosts to reach (e.g. a PBX serving ``RECORD_URL``s);
     ``wrap_transport`` wraps the transport callbridge reaches the portal through (to lose an
-    answer, say); ``settings_overrides`` change callbridge's settings; ``poll_interval`` is the
+    answer, say); ``settings_overrides`` change callbridge's settings, ``integration_settings``
+    the portal integration's (its ``rate_plan``, say); ``poll_interval`` is the
     dispatcher's and the uploads worker's (short, so that tests see retries soon; benchmarks
     pass the default, as in production, where commits wake the dispatcher and an idle
     uploads worker costs no claim transaction every 50 ms).
@@ -257,7 +259,11 @@ async def environment(
         try:
             integration = await h.install_for(
                 Enterprise(number=ENTERPRISE, webhook_secret_enc=box.encrypt(TOKEN)),
-                {"default_user_id": 1, "lead_creation": "inbound"},
+                {
+                    "default_user_id": 1,
+                    "lead_creation": "inbound",
+                    **dict(integration_settings or {}),
+                },
             )
             async with session_factory() as session, session.begin():
                 for extension, user in USERS.items():

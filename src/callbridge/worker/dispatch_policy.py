@@ -165,8 +165,9 @@ class BucketMirror:
     """The lane's view of the portal's bucket (GCRA, like the rate limiter), for the reserve.
 
     The rate limiter still decides when a request may go (across processes on PostgreSQL); the
-    mirror only tells the policy how many slots this lane has left free, so that bulk commands
-    stay out of the reserve.
+    mirror only tells the policy how many slots this process's requests to the portal (the
+    lane's and every other sender's: the dispatcher feeds it) have left free, so that bulk
+    commands stay out of the reserve.
     """
 
     capacity: int

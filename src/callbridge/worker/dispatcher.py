@@ -28,6 +28,11 @@ An ``attachRecord`` of a recording known only as a file on the PBX is no command
 is a job of its own kind, uploaded outside the lane (:mod:`callbridge.worker.uploads`), so a
 large file never holds up the portal's other calls.
 
+The reserve is kept on a mirror of the portal's bucket (:class:`_Mirrors`) that counts every
+request this process sends to the portal, not only the lane's: recording uploads, click-to-call,
+the users sync and missed-call notices take slots of the same budget, and a mirror blind to them
+would let bulk commands eat the slots meant for the next register.
+
 Commands retried after a lost answer (at-least-once delivery) are idempotent: a second
 ``register`` gets the same ``CALL_ID`` (Bitrix24 deduplicates on ``EXTERNAL_CALL_ID`` for 30
 minutes), ``hide`` of a finished call answers ``false``, and a ``finish`` answered "Call is not
@@ -95,7 +100,6 @@ from callbridge.crm.bitrix24.errors import (
     CallNotFound,
     OperationTimeLimit,
     PortalGone,
-    QueryLimitExceeded,
     ReauthRequired,
 )
 from callbridge.crm.bitrix24.rate_limit import RateLimiter, RatePlan
@@ -115,7 +119,7 @@ from callbridge.domain.errors import (
     Permanent,
     RetryLater,
 )
-from callbridge.portals import Portals, running_portals
+from callbridge.portals import Portals, running_portals, subscribe_requests
 from callbridge.services.call_tracking import BITRIX24_COMMAND_JOB
 from callbridge.storage.crypto import SecretBox
 from callbridge.storage.dispatch import CallContext, DispatchRepository, LegUpdate
@@ -221,9 +225,6 @@ class _Lane:
     paused_methods: dict[str, float] = field(default_factory=dict)
     #: ``time.operating_reset_at`` per lower-cased method, as the portal last reported it.
     operating_reset_at: dict[str, float] = field(default_factory=dict)
-    mirror: BucketMirror | None = None
-    #: Requests of the current round.
-    requests_this_round: int = 0
 
 
 class _Prepaid:
@@ -243,6 +244,62 @@ class _Prepaid:
     async def penalise(self, key: str, plan: RatePlan) -> None:
         """Pass the portal's complaint on."""
         await self._limiter.penalise(key, plan)
+
+
+class _Mirrors:
+    """Every portal's bucket as this process's requests fill it: the lanes' view, for the reserve.
+
+    Keyed as the rate limiter keys portals (:attr:`Credentials.key`, the member_id) and fed by
+    :func:`callbridge.portals.subscribe_requests`, which announces each slot any
+    :class:`Portals` of the process takes from a portal's budget: the lanes' own requests (a
+    slot each, and one per retry after a token refresh or a 503 inside the client) and those
+    sent outside the lanes (recording uploads, click-to-call, the users sync, missed-call
+    notices, the web app's responsible look-ups in all-in-one mode). The lanes never count
+    their requests themselves, so none is counted twice. A ``QUERY_LIMIT_EXCEEDED`` any sender
+    met fills the bucket: the client penalises the limiter, which announces it, before it raises.
+    """
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, BucketMirror] = {}
+        #: The dispatcher's loop: an announcement from another thread is applied there.
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self, key: str, plan: RatePlan) -> BucketMirror:
+        """The portal's mirror (a new, idle one at first)."""
+        mirror = self._by_key.get(key)
+        if mirror is None:
+            target = plan.client_side()
+            mirror = self._by_key[key] = BucketMirror(target.capacity, target.rate)
+        return mirror
+
+    def request_sent(self, key: str, plan: RatePlan) -> None:
+        """A request of this process took a slot of the portal's bucket."""
+        self._apply(key, plan, time.monotonic(), full=False)
+
+    def bucket_full(self, key: str, plan: RatePlan) -> None:
+        """The portal said its bucket is full."""
+        self._apply(key, plan, time.monotonic(), full=True)
+
+    def _apply(self, key: str, plan: RatePlan, now: float, *, full: bool) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed() and _running_loop() is not loop:
+            loop.call_soon_threadsafe(self._count, key, plan, now, full)
+            return
+        self._count(key, plan, now, full)
+
+    def _count(self, key: str, plan: RatePlan, now: float, full: bool) -> None:
+        mirror = self.get(key, plan)
+        if full:
+            mirror.fill(now)
+        else:
+            mirror.take(now)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -423,6 +480,7 @@ class Dispatcher:
         self._rescan = True
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._mirrors = _Mirrors()
         #: Set once :meth:`run` has warmed up (credentials loaded, each lane run once).
         self.warmed = asyncio.Event()
         #: Requests sent and commands in them (for benchmarks and tests).
@@ -430,6 +488,10 @@ class Dispatcher:
         self.commands = 0
 
     # -- public API ----------------------------------------------------------------------------
+
+    def free_slots(self, credentials: Credentials) -> float:
+        """Free slots of the portal's bucket as the lanes see it now (every request counted)."""
+        return self._mirrors.get(credentials.key, credentials.plan).free(time.monotonic())
 
     def wake(self) -> None:
         """Look for ready jobs now."""
@@ -538,11 +600,13 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Dispatch until cancelled; then let running requests finish and record them."""
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._mirrors.loop = asyncio.get_running_loop()
         _hook_commits()
         _listening.add(self)
         # The webhook intake's plain-SQL commits, which the hooks above do not see.
         unsubscribe = subscribe_to_commits(self._jobs_committed)
+        # Every request of the process to a portal, for the lanes' bucket mirrors.
+        unsubscribe_requests = subscribe_requests(self._mirrors)
         async with self._own_portals() as portals:
             self._portals = portals
             helpers = [
@@ -575,6 +639,7 @@ class Dispatcher:
                 self._stopping = True
                 _listening.discard(self)
                 unsubscribe()
+                unsubscribe_requests()
                 for lane in self._lanes.values():
                     lane.event.set()  # lingering lanes give their commands back now
                 # Shielded: a cancelled side task still lets requests in flight be recorded.
@@ -718,7 +783,7 @@ class Dispatcher:
             assert row is not None  # read by the first claim
             portals = self._portals_for(row, lane)
             credentials = portals.credentials_for(row)
-            decision = self._decide(lane, credentials.plan, time.monotonic())
+            decision = self._decide(lane, credentials, time.monotonic())
             if decision.release:
                 await self._release_paused(lane, decision.release)
             if not decision.send:
@@ -749,11 +814,8 @@ class Dispatcher:
             return replace(self.tuning, max_batch=1)
         return self.tuning
 
-    def _decide(self, lane: _Lane, plan: RatePlan, now: float) -> Decision:
-        mirror = lane.mirror
-        if mirror is None:
-            target = plan.client_side()
-            mirror = lane.mirror = BucketMirror(target.capacity, target.rate)
+    def _decide(self, lane: _Lane, credentials: Credentials, now: float) -> Decision:
+        mirror = self._mirrors.get(credentials.key, credentials.plan)
         tuning = self._tuning(lane)
         return decide(
             [held for _job, held in lane.held.values()],
@@ -802,19 +864,18 @@ class Dispatcher:
 
         Returns whether the lane claimed what became ready in the transaction that recorded it.
         """
+        # The slot is announced to the bucket mirror (see _Mirrors), as every request's is.
         waited = await portals.limiter.acquire(credentials.key, credentials.plan)
         if decision.critical and waited > _TOPUP_AFTER_WAIT:
             # The request could not go at once: take along what became ready meanwhile.
             if await self._claim_into(integration_id, lane) is None:
                 return False
-            again = self._decide(lane, credentials.plan, time.monotonic())
+            again = self._decide(lane, credentials, time.monotonic())
             if again.release:
                 await self._release_paused(lane, again.release)
             if again.send:
                 decision = again
         send = [job_id for job_id in decision.send if job_id in lane.held]
-        if lane.mirror is not None:
-            lane.mirror.take(time.monotonic())
         jobs = [lane.held.pop(job_id)[0] for job_id in send]
         try:
             plans = self._plan(jobs, lane.known, lane.numbers)
@@ -1031,8 +1092,6 @@ class Dispatcher:
             elif plan.error is not None:
                 outcomes[plan.job.id] = _Outcome(_Fate.FAILED, error=plan.error)
         sendable = [plan for plan in plans if plan.sendable]
-        # The lane took one slot of its bucket mirror for this round.
-        lane.requests_this_round = 0
         if sendable:
             await self._send_request(client, sendable, lane, outcomes)
         return outcomes
@@ -1045,7 +1104,7 @@ class Dispatcher:
         outcomes: dict[int, _Outcome],
     ) -> None:
         """Send these commands as one request (one alone, several as a batch)."""
-        self._count_request(lane)
+        self.requests += 1
         self.commands += len(sendable)
         try:
             if len(sendable) == 1:
@@ -1083,13 +1142,6 @@ class Dispatcher:
             outcomes.update(self._request_failed(err, sendable, lane))
             return
         lane.failures = 0
-
-    def _count_request(self, lane: _Lane) -> None:
-        """Count a request; past the round's first, it also takes a slot of the bucket mirror."""
-        self.requests += 1
-        lane.requests_this_round += 1
-        if lane.requests_this_round > 1 and lane.mirror is not None:
-            lane.mirror.take(time.monotonic())
 
     def _command_failed(self, plan: _Planned, err: Exception, lane: _Lane) -> _Outcome:
         """The fate of one command Bitrix24 refused (alone or in a batch)."""
@@ -1141,9 +1193,8 @@ class Dispatcher:
             return every(_Outcome(_Fate.FAILED, error=err))
         if isinstance(err, RetryLater):
             delay = max(err.retry_after or 0.0, 0.5)
+            # On QUERY_LIMIT_EXCEEDED the client penalised the limiter, which filled the mirror.
             lane.paused_until = now + delay
-            if isinstance(err, QueryLimitExceeded) and lane.mirror is not None:
-                lane.mirror.fill(now)
             return every(
                 _Outcome(_Fate.NOT_RUN, error=err, delay=delay, note=f"backing off: {err}")
             )

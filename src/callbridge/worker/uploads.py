@@ -8,7 +8,8 @@ there held up every register and finish of the portal's other calls. What stays 
   every earlier command of the call (register, finish) succeeded, and a later one waits for it;
 - **in the rate budget**: the ``attachRecord`` request and the upload go through the same
   :class:`~callbridge.portals.Portals` as the dispatcher's commands (:func:`run_bitrix24`), so
-  each takes a slot of the portal's budget;
+  each takes a slot of the portal's budget, and is counted in the portal's lane's view of the
+  bucket (its reserve for registers; see :class:`callbridge.worker.dispatcher.Dispatcher`);
 - **retries and dead jobs** follow the error's class (the worker's retry policy): a file outside
   the recordings directories or above the size cap dies at once, naming the fix; a file not
   there yet is waited for with backoff up to ``recording_wait_seconds``; an integration that

@@ -16,9 +16,12 @@ from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from callbridge.crm.bitrix24.errors import QueryLimitExceeded
+from callbridge.crm.bitrix24.rate_limit import NoRateLimit, RatePlan
 from callbridge.domain.commands import split_portal_external_call_id
 from callbridge.domain.ports import NewJob
 from callbridge.pbx.webhook import parse_events_json
+from callbridge.portals import Portals
 from callbridge.services.call_tracking import track_events
 from callbridge.storage.bitrix24 import DatabaseTokenStore
 from callbridge.storage.call_tracking import call_tracking_ports
@@ -31,7 +34,14 @@ from callbridge.storage.models import (
     Job,
     JobStatus,
 )
-from callbridge.worker.dispatcher import DISPATCHER_KIND, Dispatcher, _hook_commits, _listening
+from callbridge.worker.dispatcher import (
+    DISPATCHER_KIND,
+    Dispatcher,
+    _hook_commits,
+    _listening,
+    _Mirrors,
+)
+from tests.callbridge.crm.bitrix24.harness import ScaledRateLimiter
 from tests.e2e.test_calls_e2e import (
     KNOWN_CALLER,
     Env,
@@ -625,3 +635,58 @@ class TestWarmUp:
         await env.settle()
         registered_at = (await env.calls())[f"{linkedid}-0"]["registered_at"]
         assert [t for t in claims if t < registered_at] == []
+
+
+class TestBucketMirror:
+    """The lanes' view of a portal's bucket counts every request of the process, once."""
+
+    async def test_a_lanes_requests_take_one_slot_each(
+        self, fresh_database_url: str, tmp_path: Path
+    ) -> None:
+        # A bucket that drains a slot a minute: what the mirror counts stays while we look.
+        plan = {"rate_plan": {"capacity": 50, "rate": 1 / 60}}
+        async with environment(fresh_database_url, tmp_path, integration_settings=plan) as env:
+            integration = await env.h.integration()
+            assert integration is not None
+            credentials = env.h.portals.credentials_for(integration)
+            async with asyncio.timeout(10):
+                await env.dispatcher.warmed.wait()
+            sent_before = len(await env.rest_requests())
+            free = env.dispatcher.free_slots(credentials)
+            # A register alone, then a show and a finish in a batch.
+            await env.post(inbound_answered("1764200000.1")[0])
+            await env.settle()
+            await env.post(*inbound_answered("1764200000.1")[1:])
+            await env.settle()
+            sent = len(await env.rest_requests()) - sent_before
+            assert sent == 2
+            used = free - env.dispatcher.free_slots(credentials)
+            assert used == pytest.approx(sent, abs=0.1)
+
+    async def test_a_full_bucket_met_outside_the_lanes_empties_their_view(self, env: Env) -> None:
+        h = env.h
+        integration = await h.integration()
+        assert integration is not None
+        credentials = h.portals.credentials_for(integration)
+        async with asyncio.timeout(10):
+            await env.dispatcher.warmed.wait()
+        assert env.dispatcher.free_slots(credentials) > 40
+        # Another Portals of the process (the users sync's, say) meets QUERY_LIMIT_EXCEEDED.
+        h.emulator.rate = ScaledRateLimiter(1, 0.001)
+        other = Portals(h.settings, h.session_factory, h.portals.http, h.box, limiter=NoRateLimit())
+        client = other.client_for(integration)
+        client.max_rate_limit_retries = 0
+        await client.call("profile")
+        with pytest.raises(QueryLimitExceeded):
+            await client.call("profile")
+        assert env.dispatcher.free_slots(credentials) < 0.1
+
+    async def test_a_request_announced_from_another_thread_is_counted_on_the_loop(
+        self,
+    ) -> None:
+        mirrors = _Mirrors()
+        mirrors.loop = asyncio.get_running_loop()
+        plan = RatePlan(50, 2.0)
+        await asyncio.to_thread(mirrors.request_sent, "portal", plan)
+        await asyncio.sleep(0)  # the loop runs what the thread handed it
+        assert mirrors.get("portal", plan).free(time.monotonic()) == pytest.approx(44, abs=0.1)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -470,6 +472,73 @@ class TestUploadLane:
         )
         assert result["uploaded_bytes"] == size + 4
         assert taken == [h.emulator.portal.member_id] * slots
+
+
+class TestBucketMirror:
+    """The lanes' reserve counts the uploads' requests: they take slots of the same bucket."""
+
+    async def test_uploads_take_free_slots_of_the_lanes_mirror_and_hold_bulk_commands(
+        self, fresh_database_url: str, tmp_path: Path, monitor: Path
+    ) -> None:
+        overrides = {"recordings_dirs": [monitor], "recording_inline_max_bytes": INLINE_MAX}
+        # A bucket that drains a slot a minute: what the mirror counts does not leak away
+        # while the test looks.
+        plan = {"rate_plan": {"capacity": 50, "rate": 1 / 60}}
+        async with environment(
+            fresh_database_url, tmp_path, settings_overrides=overrides, integration_settings=plan
+        ) as env:
+            h, dispatcher = env.h, env.dispatcher
+            row = await h.integration()
+            assert row is not None
+            credentials = h.portals.credentials_for(row)
+            assert credentials.plan.rate == pytest.approx(1 / 60)
+            sent_before = len(await env.rest_requests())
+            idle = dispatcher.free_slots(credentials)
+            assert idle == credentials.plan.client_side().capacity
+
+            # A recorded call (its commands, then its upload) and a call still talking.
+            (monitor / "a.wav").write_bytes(WAV)
+            job = await uploaded(env, "1764190300.1", monitor / "a.wav")
+            assert job.status == JobStatus.SUCCEEDED, job.last_error
+            talking = inbound_answered("1764190300.2")
+            await env.post(*talking[:3])
+            await env.settle()
+            # Each request the portal got took one slot, the lanes' and the upload's alike.
+            sent = len(await env.rest_requests()) - sent_before
+            before = dispatcher.free_slots(credentials)
+            assert idle - before == pytest.approx(sent, abs=0.1)
+
+            # N more upload requests (the core again, as a retry runs it) outside the lanes.
+            uploads = 5
+            uploader = RecordingUploader(h.settings, h.portals)
+            for _ in range(uploads):
+                await uploader.upload(job.integration_id, job.payload, 1, 10)
+            after = dispatcher.free_slots(credentials)
+            assert before - after == pytest.approx(uploads, abs=0.1)
+
+            # A reserve the bucket kept before the uploads and lacks after them: the talking
+            # call's finish (a bulk command) waits for it.
+            dispatcher.tuning = replace(dispatcher.tuning, linger=0.0, reserve=math.ceil(after))
+            assert before >= dispatcher.tuning.reserve + 1
+            await env.post(talking[3])
+            await env.wait_for_jobs(
+                lambda jobs: any(
+                    j.payload["command"]["kind"] == "finish"
+                    and j.payload["linkedid"] == "1764190300.2"
+                    and j.status == JobStatus.RUNNING
+                    for j in jobs
+                )
+            )
+            await asyncio.sleep(0.5)
+            methods = [r["method"] for r in await env.rest_requests()][sent_before + sent :]
+            assert methods == ["telephony.externalCall.attachRecord"] * uploads
+            assert (await env.calls())["1764190300.2-0"]["state"] != "finished"
+
+            # Without the reserve it goes.
+            dispatcher.tuning = replace(dispatcher.tuning, reserve=0)
+            dispatcher.nudge([row.id])
+            await env.settle()
+            assert (await env.calls())["1764190300.2-0"]["state"] == "finished"
 
 
 class TestUploadWorker:

@@ -20,6 +20,7 @@ all-in-one mode), and the dispatcher's picture of a portal's bucket must count t
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -182,6 +183,21 @@ def _announce(key: str, plan: RatePlan, *, full: bool) -> None:
             logger.exception("a listener of portal requests failed")
 
 
+# SQLite's budgets: one limiter for every Portals of a process on the same database (the
+# dispatcher's, the directory's, the web app's in all-in-one mode), or each would spend a
+# portal's whole budget on its own.
+_IN_PROCESS_BUDGETS: weakref.WeakKeyDictionary[
+    async_sessionmaker[AsyncSession], InMemoryRateLimiter
+] = weakref.WeakKeyDictionary()
+
+
+def _in_process_budget(session_factory: async_sessionmaker[AsyncSession]) -> InMemoryRateLimiter:
+    limiter = _IN_PROCESS_BUDGETS.get(session_factory)
+    if limiter is None:
+        limiter = _IN_PROCESS_BUDGETS[session_factory] = InMemoryRateLimiter()
+    return limiter
+
+
 def is_webhook(row: Bitrix24Integration) -> bool:
     """Whether the integration authenticates with an incoming webhook (on-premise mode)."""
     return (row.settings or {}).get("auth_mode") == WEBHOOK_MODE
@@ -201,7 +217,8 @@ class Portals:
     box
         Encrypts tokens at rest.
     limiter
-        By default the database-shared budget on PostgreSQL and an in-process one on SQLite;
+        By default the database-shared budget on PostgreSQL, and on SQLite an in-process one
+        that every Portals of the process on the same session factory shares;
         wrapped in an :class:`AnnouncingLimiter` unless it is one already (a Portals built on
         another's ``limiter`` announces each request once).
     api_log
@@ -231,7 +248,7 @@ class Portals:
         )
         if limiter is None:
             if settings.is_sqlite:
-                limiter = InMemoryRateLimiter()
+                limiter = _in_process_budget(session_factory)
             else:
                 limiter = SharedRateLimiter(DatabaseRateBudget(session_factory))
         self.limiter = limiter

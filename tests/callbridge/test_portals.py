@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from callbridge.crm.bitrix24.errors import QueryLimitExceeded
 from callbridge.crm.bitrix24.rate_limit import (
@@ -14,7 +15,7 @@ from callbridge.crm.bitrix24.rate_limit import (
     RateLimiter,
     RatePlan,
 )
-from callbridge.portals import Portals, subscribe_requests
+from callbridge.portals import AnnouncingLimiter, Portals, subscribe_requests
 from tests.callbridge.crm.bitrix24.harness import Harness, ScaledRateLimiter, harness
 
 
@@ -58,7 +59,7 @@ class TestRequestAnnouncements:
         member_id = h.emulator.portal.member_id
         portals = [
             h.portals,
-            # Another Portals of the process (the users sync's, say): a budget of its own.
+            # Another Portals of the process (the users sync's, say).
             another(h),
             # Built on the first one's limiter (as the dispatcher does after a re-install).
             another(h, limiter=h.portals.limiter),
@@ -104,3 +105,19 @@ class TestRequestAnnouncements:
             unsubscribe()
         assert heard.events == [("request", h.emulator.portal.member_id)]
         assert "a listener of portal requests failed" in caplog.text
+
+
+class TestInProcessBudget:
+    async def test_the_portals_of_one_sqlite_database_share_one_budget(self, h: Harness) -> None:
+        # Each with a budget of its own, the dispatcher, the users sync and the web app of one
+        # process would together send up to three times what the portal allows.
+        if not h.settings.is_sqlite:
+            pytest.skip("PostgreSQL's budget is the database's, shared by every process")
+        first, second = another(h), another(h)
+        assert isinstance(first.limiter, AnnouncingLimiter)
+        assert isinstance(second.limiter, AnnouncingLimiter)
+        assert first.limiter.inner is second.limiter.inner
+        other_database = async_sessionmaker(h.session_factory.kw["bind"])
+        third = Portals(h.settings, other_database, h.portals.http, h.box)
+        assert isinstance(third.limiter, AnnouncingLimiter)
+        assert third.limiter.inner is not first.limiter.inner

@@ -341,6 +341,9 @@ class Bitrix24Client:
             self._log(method, 0, started_at, started, response.status_code, None)
             return outcome.result
         self._log(method, 0, started_at, started, response.status_code, outcome.code or None)
+        if isinstance(outcome, QueryLimitExceeded):
+            # The portal's bucket is full for every sender: slow them all down, as _send does.
+            await self.limiter.penalise(credentials.key, credentials.plan)
         raise outcome
 
     # --- one HTTP exchange, with refresh, rate-limit retries and domain change ----------------

@@ -407,6 +407,16 @@ class TestUpload:
         assert len(seen) == 1
         assert [(x.method, x.error_code) for x in log.entries] == [("upload", "ERROR_CORE")]
 
+    async def test_a_full_bucket_slows_every_sender_down_and_is_not_retried(self) -> None:
+        limiter = RecordingLimiter()
+        client, seen = make(
+            lambda r: fail(503, "QUERY_LIMIT_EXCEEDED", "Too many requests"), limiter=limiter
+        )
+        with pytest.raises(e.QueryLimitExceeded):
+            await client.upload(self.URL, "file", "a.wav", chunks_of(b"RIFF"), 4)
+        assert len(seen) == 1  # the stream cannot be sent again: the caller asks anew
+        assert (limiter.acquired, limiter.penalised) == (1, 1)
+
     async def test_a_url_that_is_not_http_is_refused_unsent(self) -> None:
         client, seen = make(lambda r: ok(True))
         with pytest.raises(e.UnexpectedResponse):

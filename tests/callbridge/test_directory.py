@@ -12,14 +12,12 @@ from callbridge.directory import notify_missed_call, sync_due_integrations, sync
 from callbridge.storage.call_tracking import policy_from_settings
 from callbridge.storage.models import Bitrix24User
 from callbridge.storage.repositories import IntegrationRepository
-from tests.callbridge.crm.bitrix24.harness import Harness, harness
+from tests.callbridge.crm.bitrix24.harness import Harness, installed_harness
 
 
 @pytest.fixture
 async def h(fresh_database_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with harness(fresh_database_url, tmp_path) as both:
-        await both.register_app()
-        await both.install()
+    async with installed_harness(fresh_database_url, tmp_path) as both:
         yield both
 
 

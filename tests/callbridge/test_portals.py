@@ -16,7 +16,11 @@ from callbridge.crm.bitrix24.rate_limit import (
     RatePlan,
 )
 from callbridge.portals import AnnouncingLimiter, Portals, subscribe_requests
-from tests.callbridge.crm.bitrix24.harness import Harness, ScaledRateLimiter, harness
+from tests.callbridge.crm.bitrix24.harness import (
+    Harness,
+    ScaledRateLimiter,
+    installed_harness,
+)
 
 
 class Heard:
@@ -34,9 +38,7 @@ class Heard:
 
 @pytest.fixture
 async def h(fresh_database_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with harness(fresh_database_url, tmp_path) as both:
-        await both.register_app()
-        await both.install()
+    async with installed_harness(fresh_database_url, tmp_path) as both:
         yield both
 
 

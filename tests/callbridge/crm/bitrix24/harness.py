@@ -214,6 +214,15 @@ async def harness(
         await engine.dispose()
 
 
+@asynccontextmanager
+async def installed_harness(database_url: str, var_dir: Path) -> AsyncIterator[Harness]:
+    """A :func:`harness` whose Bitrix24 app is registered and installed on the portal."""
+    async with harness(database_url, var_dir) as both:
+        await both.register_app()
+        await both.install()
+        yield both
+
+
 class ScaledRateLimiter(RateLimiter):
     """The emulator's leaky bucket with any size and drain (the plans are fixed to 50/2, 250/5)."""
 

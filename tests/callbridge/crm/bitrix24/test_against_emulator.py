@@ -17,14 +17,16 @@ from callbridge.crm.bitrix24.rate_limit import InMemoryRateLimiter
 from callbridge.storage.bitrix24 import DatabaseApiLogWriter, purge_api_log
 from callbridge.storage.models import ApiCall
 from callbridge.storage.repositories import IntegrationRepository
-from tests.callbridge.crm.bitrix24.harness import Harness, ScaledRateLimiter, harness
+from tests.callbridge.crm.bitrix24.harness import (
+    Harness,
+    ScaledRateLimiter,
+    installed_harness,
+)
 
 
 @pytest.fixture
 async def h(fresh_database_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with harness(fresh_database_url, tmp_path) as both:
-        await both.register_app()
-        await both.install()
+    async with installed_harness(fresh_database_url, tmp_path) as both:
         yield both
 
 

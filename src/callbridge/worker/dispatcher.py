@@ -80,7 +80,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import Enum
@@ -282,10 +282,10 @@ class _Mirrors:
 
     def _apply(self, key: str, plan: RatePlan, now: float, *, full: bool) -> None:
         loop = self.loop
-        if loop is not None and not loop.is_closed() and _running_loop() is not loop:
-            loop.call_soon_threadsafe(self._count, key, plan, now, full)
-            return
-        self._count(key, plan, now, full)
+        if loop is None or loop.is_closed():
+            self._count(key, plan, now, full)
+        else:
+            _run_on(loop, self._count, key, plan, now, full)
 
     def _count(self, key: str, plan: RatePlan, now: float, full: bool) -> None:
         mirror = self.get(key, plan)
@@ -295,11 +295,16 @@ class _Mirrors:
             mirror.take(now)
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def _run_on(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """Run ``callback(*args)`` on ``loop``: now when called there, else soon (from any thread)."""
     try:
-        return asyncio.get_running_loop()
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
-        return None
+        running = None
+    if running is loop:
+        callback(*args)
+    else:
+        loop.call_soon_threadsafe(callback, *args)
 
 
 @dataclass(frozen=True)
@@ -521,17 +526,10 @@ class Dispatcher:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        ids = list(integration_ids) if integration_ids is not None else None
-        if running is loop:
-            self.wake() if ids is None else self.nudge(ids)
-        elif ids is None:
-            loop.call_soon_threadsafe(self.wake)
+        if integration_ids is None:
+            _run_on(loop, self.wake)
         else:
-            loop.call_soon_threadsafe(self.nudge, ids)
+            _run_on(loop, self.nudge, list(integration_ids))
 
     def claim_before_commit(
         self, session: AsyncSession, keys: Mapping[int, Collection[str]]

@@ -163,13 +163,13 @@ class IntakeWriter:
                 for row in await EnterpriseRepository(session).list_all()
                 if row.active and row.webhook_secret_enc
             ][:limit]
-            source = SqlRoutingSource(session, self.box)
+            # Cached as it is read (none of an enterprise without a portal: see RoutingCache).
+            source = SqlRoutingSource(session, self.box, self.routing_cache)
             for row in enterprises:
                 assert row.webhook_secret_enc is not None
                 secret = self.box.decrypt(row.webhook_secret_enc)
                 credentials.put(row.number, Credential(row.id, row.webhook_secret_enc, secret))
-                # The cache keeps none of an enterprise without a portal (see RoutingCache).
-                self.routing_cache.put(row.id, await source.reload(row.id))
+                await source.reload(row.id)
         return len(enterprises)
 
     async def close(self) -> None:

@@ -577,7 +577,7 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::te
     AS t(id, model, state, direction, external_number, line_number, ringing, answered_by,
          bitrix24_call_id, crm_entity_type, crm_entity_id, started_at, answered_at, ended_at,
          status_code, talk_seconds, recording, integration_id)
-WHERE calls.id = ANY($1::bigint[]) AND calls.id = t.id
+WHERE calls.id = t.id
 RETURNING calls.id, calls.model::text
 """
 # Rows are inserted in the parameters' order (ORDER BY n), so their ids ascend in it.

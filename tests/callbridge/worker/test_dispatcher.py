@@ -447,6 +447,30 @@ class TestCommitWakeUps:
         assert recorder.told == [{integration.id}]
 
 
+async def handed_over_without_a_claim(
+    env: Env, monkeypatch: pytest.MonkeyPatch, enterprise_id: int, linkedid: str
+) -> Job:
+    """Start a call in a Session's transaction; check its register was claimed with the
+    commit (never queued for the dispatcher to find) and sent before any claim; the register."""
+    claims: list[float] = []
+    claim = env.dispatcher._claim
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        claims.append(time.time())
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(env.dispatcher, "_claim", counted)
+    facts = [e.to_domain() for e in parse_events_json(json.dumps([inbound_answered(linkedid)[0]]))]
+    async with env.h.session_factory() as session, session.begin():
+        await track_events(call_tracking_ports(session, env.h.box), enterprise_id, facts)
+    (register,) = [j for j in await env.jobs() if j.payload["linkedid"] == linkedid]
+    assert register.status in (JobStatus.RUNNING, JobStatus.SUCCEEDED)
+    await env.settle()
+    registered_at = (await env.calls())[f"{linkedid}-0"]["registered_at"]
+    assert [t for t in claims if t < registered_at] == []
+    return register
+
+
 class TestHandOff:
     """A register enqueued for a portal the dispatcher serves is claimed before the commit."""
 
@@ -455,34 +479,15 @@ class TestHandOff:
     ) -> None:
         await env.post(*inbound_answered("1764170000.1"))  # the lane gets to know its portal
         await env.settle()
-        claims: list[float] = []
-        claim = env.dispatcher._claim
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            claims.append(time.time())
-            return await claim(*args, **kwargs)
-
-        monkeypatch.setattr(env.dispatcher, "_claim", counted)
-        linkedid = "1764170000.2"
-        # Applied in a Session's transaction, as the AMI listener applies its facts (the
-        # webhook's plain-SQL intake wakes the lane after its commit instead).
         integration = await env.h.integration()
         assert integration is not None
         assert integration.enterprise_id is not None
-        facts = [
-            e.to_domain() for e in parse_events_json(json.dumps([inbound_answered(linkedid)[0]]))
-        ]
-        async with env.h.session_factory() as session, session.begin():
-            await track_events(
-                call_tracking_ports(session, env.h.box), integration.enterprise_id, facts
-            )
-        # Committed and claimed together: never queued for the dispatcher to find.
-        (register,) = [j for j in await env.jobs() if j.payload["linkedid"] == linkedid]
-        assert register.status in (JobStatus.RUNNING, JobStatus.SUCCEEDED)
+        # Applied in a Session's transaction, as the AMI listener applies its facts (the
+        # webhook's plain-SQL intake wakes the lane after its commit instead).
+        register = await handed_over_without_a_claim(
+            env, monkeypatch, integration.enterprise_id, "1764170000.2"
+        )
         assert register.locked_by in (env.dispatcher.name, None)
-        await env.settle()
-        registered_at = (await env.calls())[f"{linkedid}-0"]["registered_at"]
-        assert [t for t in claims if t < registered_at] == []
 
     async def test_nothing_is_claimed_for_a_paused_portal(self, env: Env) -> None:
         await env.post(*inbound_answered("1764170000.3"))
@@ -614,27 +619,9 @@ class TestWarmUp:
         lane = env.dispatcher._lanes.get(integration.id)
         assert lane is not None
         assert lane.row is not None
-        claims: list[float] = []
-        claim = env.dispatcher._claim
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            claims.append(time.time())
-            return await claim(*args, **kwargs)
-
-        monkeypatch.setattr(env.dispatcher, "_claim", counted)
-        linkedid = "1764180000.2"
-        facts = [
-            e.to_domain() for e in parse_events_json(json.dumps([inbound_answered(linkedid)[0]]))
-        ]
-        async with env.h.session_factory() as session, session.begin():
-            await track_events(
-                call_tracking_ports(session, env.h.box), integration.enterprise_id, facts
-            )
-        (register,) = [j for j in await env.jobs() if j.payload["linkedid"] == linkedid]
-        assert register.status in (JobStatus.RUNNING, JobStatus.SUCCEEDED)
-        await env.settle()
-        registered_at = (await env.calls())[f"{linkedid}-0"]["registered_at"]
-        assert [t for t in claims if t < registered_at] == []
+        await handed_over_without_a_claim(
+            env, monkeypatch, integration.enterprise_id, "1764180000.2"
+        )
 
 
 class TestBucketMirror:
